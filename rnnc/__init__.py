@@ -1,0 +1,24 @@
+"""rnnc: define a recurrent cell in a few lines, compile it to PyTensor, train it.
+
+>>> import rnnc
+>>> layer = rnnc.Recurrent("lstm", I=8, H=16)
+>>> out = layer.run(np.zeros((2, 5, 8), "float32"))
+>>> out.outputs["y"].shape, out.state["c"].shape
+((2, 5, 16), (2, 16))
+"""
+
+from rnnc.compile import load_cell, parse
+from rnnc.errors import RnncError, RnncWarning
+from rnnc.ir import CellIR
+from rnnc.layers import Recurrent, RecurrentOutput
+
+__all__ = [
+    "CellIR",
+    "Recurrent",
+    "RecurrentOutput",
+    "RnncError",
+    "RnncWarning",
+    "load_cell",
+    "parse",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,690 @@
+"""Check a cell's AST and turn it into IR.
+
+The checker resolves every name (input, old state, binding, next state, built-in
+function; any other name is a **parameter**), infers the shape of every value by
+unification over symbolic dimensions, and rejects what cannot work, each time with the
+user's span, a caret and the fix. Parameters need no declaration: ``x @ W`` with
+``x: [I]`` makes ``W: [I, ?]``, and the ``?`` is found where the product meets another
+value (``+ h @ U`` with ``h: [H]`` gives ``? = H``).
+
+Elementwise operations broadcast as NumPy does on the example shape, with one rule for
+unknown shapes: a parameter whose shape is still unknown takes the shape of the other
+operand (``x @ W + b`` makes ``b: [H]``), unless that operand is a scalar.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import dataclass, field
+
+from rnnc import ir
+from rnnc.errors import (
+    ArgumentCountError,
+    DuplicateDefinitionError,
+    MissingNextStateError,
+    MissingOutputError,
+    NextStateShapeError,
+    RnncWarning,
+    ShapeInferenceError,
+    ShapeMismatchError,
+    Span,
+    UnknownNameError,
+    UseBeforeDefinitionError,
+)
+from rnnc.lang import ast
+
+__all__ = ["FUNCTIONS", "INITIALIZERS", "check_cell", "check_module"]
+
+#: Built-in functions: name -> (IR op, number of arguments, None for any).
+FUNCTIONS: dict[str, tuple[str, int | None]] = {
+    **{f: (f, 1) for f in ("sigmoid", "tanh", "relu", "exp", "log", "sqrt", "abs", "softplus")},
+    "layer_norm": ("layer_norm", 1),
+    "maximum": ("maximum", 2),
+    "minimum": ("minimum", 2),
+    "where": ("where", 3),
+    "concat": ("concat", None),
+}
+
+#: Initialisers: name -> the numbers of arguments it accepts.
+INITIALIZERS: dict[str, tuple[int, ...]] = {
+    "uniform": (0, 1, 2),
+    "normal": (0, 1, 2),
+    "glorot": (0,),
+    "orthogonal": (0, 1),
+    "zeros": (0,),
+    "ones": (0,),
+    "constant": (1,),
+}
+
+_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "@": "matmul"}
+_BINOPS |= {"<": "lt", ">": "gt", "<=": "le", ">=": "ge"}
+
+
+# ---------------------------------------------------------------- unification
+class _DimVar:
+    """An unknown dimension."""
+
+
+class _ShapeVar:
+    """An unknown shape (rank unknown too)."""
+
+
+DimTerm = ir.Dim | _DimVar
+ShapeTerm = tuple[DimTerm, ...] | _ShapeVar
+
+
+def _canon(terms: dict[str, int]) -> ir.Dim:
+    """Canonical form of a sum of dimensions: names sorted, the constant last."""
+    named = [n if c == 1 else f"{c}*{n}" for n, c in sorted(terms.items()) if n and c]
+    const = terms.get("", 0)
+    if not named:
+        return const
+    return " + ".join(named + ([str(const)] if const else []))
+
+
+class _Unifier:
+    def __init__(self) -> None:
+        self.dims: dict[_DimVar, DimTerm] = {}
+        self.shapes: dict[_ShapeVar, ShapeTerm] = {}
+
+    def dim(self, d: DimTerm) -> DimTerm:
+        while isinstance(d, _DimVar) and d in self.dims:
+            d = self.dims[d]
+        return d
+
+    def shape(self, s: ShapeTerm) -> ShapeTerm:
+        while isinstance(s, _ShapeVar) and s in self.shapes:
+            s = self.shapes[s]
+        if isinstance(s, tuple):
+            return tuple(self.dim(d) for d in s)
+        return s
+
+    def unify_dim(self, a: DimTerm, b: DimTerm) -> bool:
+        a, b = self.dim(a), self.dim(b)
+        if a is b or a == b:
+            return True
+        if isinstance(a, _DimVar):
+            self.dims[a] = b
+            return True
+        if isinstance(b, _DimVar):
+            self.dims[b] = a
+            return True
+        return False
+
+    def unify_exact(self, a: ShapeTerm, b: ShapeTerm) -> bool:
+        a, b = self.shape(a), self.shape(b)
+        if a is b:
+            return True
+        if isinstance(a, _ShapeVar):
+            self.shapes[a] = b
+            return True
+        if isinstance(b, _ShapeVar):
+            self.shapes[b] = a
+            return True
+        return len(a) == len(b) and all(self.unify_dim(x, y) for x, y in zip(a, b, strict=True))
+
+    def broadcast(self, a: ShapeTerm, b: ShapeTerm) -> ShapeTerm | None:
+        """The shape of an elementwise result, or None when the shapes conflict."""
+        a, b = self.shape(a), self.shape(b)
+        if isinstance(a, _ShapeVar) or isinstance(b, _ShapeVar):
+            known, unknown = (b, a) if isinstance(a, _ShapeVar) else (a, b)
+            if isinstance(known, tuple) and len(known) == 0:
+                return unknown
+            self.unify_exact(unknown, known)
+            return known
+        if len(a) < len(b):
+            a, b = b, a
+        for x, y in zip(a[len(a) - len(b) :], b, strict=True):
+            if not self.unify_dim(x, y):
+                return None
+        return a
+
+    def sum_dims(self, dims: list[DimTerm]) -> DimTerm | None:
+        total: dict[str, int] = {}
+        for d in dims:
+            d = self.dim(d)
+            if isinstance(d, _DimVar):
+                return None
+            for name, coeff in ir._dim_terms(d).items():
+                total[name] = total.get(name, 0) + coeff
+        return _canon(total)
+
+
+def _show(shape: ShapeTerm) -> str:
+    if isinstance(shape, _ShapeVar):
+        return "[?]"
+    return "[" + ", ".join("?" if isinstance(d, _DimVar) else str(d) for d in shape) + "]"
+
+
+def _text(expr: ast.Expr) -> str:
+    """The source text of an expression, for messages."""
+    span = expr.span
+    line = span.source_line()
+    if line and span.end_line == span.line and span.end_column > span.column:
+        return line[span.column - 1 : span.end_column - 1]
+    from rnnc.lang.pretty import format_expr
+
+    return format_expr(expr)
+
+
+# ---------------------------------------------------------------- the checker
+@dataclass
+class _Param:
+    shape: ShapeTerm
+    decl: ast.ParamDecl | None = None
+    uses: list[Span] = field(default_factory=list)
+
+
+class _Checker:
+    def __init__(self, cell: ast.Cell):
+        self.cell = cell
+        self.u = _Unifier()
+        self.types: dict[int, ShapeTerm] = {}
+        self.inputs = {p.name: p for p in cell.inputs}
+        self.outputs = {p.name: p for p in cell.outputs}
+        self.states: dict[str, ast.StateDecl] = {}
+        self.params: dict[str, _Param] = {}
+        self.bindings: dict[str, tuple[ast.Assign, ShapeTerm]] = {}
+        self.nexts: dict[str, tuple[ast.Assign, ShapeTerm]] = {}
+        self.used: set[str] = set()
+        self.assigned_later: dict[str, ast.Assign] = {}
+        self.next_later: dict[str, ast.Assign] = {}
+
+    # ---- helpers
+    def shape_of(self, shape: ast.Shape) -> tuple[ir.Dim, ...]:
+        return tuple(_canon({n or "": c for c, n in d.terms}) for d in shape.dims)
+
+    def duplicate(self, name: str, span: Span, first: Span, what: str) -> None:
+        raise DuplicateDefinitionError(
+            f"`{name}` is already defined as {what}",
+            span,
+            f"rename one of the two definitions of `{name}`",
+            notes=((first, f"`{name}` is first defined here"),),
+        )
+
+    def declare(self) -> None:
+        """Register ports, states and parameters; reject duplicates."""
+        seen: dict[str, tuple[Span, str]] = {}
+        for kind, ports in (("an input", self.cell.inputs), ("an output", self.cell.outputs)):
+            for port in ports:
+                if port.name in seen:
+                    self.duplicate(port.name, port.span, *seen[port.name])
+                seen[port.name] = (port.span, kind)
+        for stmt in self.cell.body:
+            if isinstance(stmt, ast.StateDecl):
+                if stmt.name in seen:
+                    self.duplicate(stmt.name, stmt.span, *seen[stmt.name])
+                seen[stmt.name] = (stmt.span, "a state")
+                self.states[stmt.name] = stmt
+            elif isinstance(stmt, ast.ParamDecl):
+                if stmt.name in seen:
+                    self.duplicate(stmt.name, stmt.span, *seen[stmt.name])
+                seen[stmt.name] = (stmt.span, "a parameter")
+                self.check_initializer(stmt)
+                shape = self.shape_of(stmt.shape) if stmt.shape else _ShapeVar()
+                self.params[stmt.name] = _Param(shape, stmt)
+        for stmt in self.cell.body:
+            if isinstance(stmt, ast.Assign):
+                table = self.next_later if stmt.primed else self.assigned_later
+                if not stmt.primed and stmt.target in seen and stmt.target not in self.outputs:
+                    span, kind = seen[stmt.target]
+                    raise DuplicateDefinitionError(
+                        f"cannot assign to `{stmt.target}`: it is {kind}",
+                        stmt.span,
+                        f"give the value another name, or write `{stmt.target}' = ...` "
+                        "for the next value of a state"
+                        if kind == "a state"
+                        else "give the value another name",
+                        notes=((span, f"`{stmt.target}` is defined here"),),
+                    )
+                if stmt.target in table:
+                    first = table[stmt.target]
+                    prime = "'" if stmt.primed else ""
+                    raise DuplicateDefinitionError(
+                        f"`{stmt.target}{prime}` is assigned twice",
+                        stmt.span,
+                        "assign each name once; give the second value another name",
+                        notes=((first.span, "first assigned here"),),
+                    )
+                table[stmt.target] = stmt
+        for state in self.states.values():
+            if state.init == "learned":
+                name = f"{state.name}0"
+                if name in seen:
+                    self.duplicate(name, state.span, *seen[name])
+                self.params[name] = _Param(self.shape_of(state.shape))
+
+    def check_initializer(self, decl: ast.ParamDecl) -> None:
+        init = decl.init
+        if init is None:
+            return
+        if init.name not in INITIALIZERS:
+            close = difflib.get_close_matches(init.name, INITIALIZERS, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            raise UnknownNameError(
+                f"unknown initialiser `{init.name}`",
+                init.span,
+                f"{hint}use one of: {', '.join(INITIALIZERS)}",
+            )
+        if len(init.args) not in INITIALIZERS[init.name]:
+            counts = " or ".join(map(str, INITIALIZERS[init.name]))
+            raise ArgumentCountError(
+                f"initialiser `{init.name}` takes {counts} arguments, not {len(init.args)}",
+                init.span,
+                "see the list of initialisers in grammar/README.md",
+            )
+
+    # ---- expressions
+    def type(self, expr: ast.Expr) -> ShapeTerm:
+        shape = self._type(expr)
+        self.types[id(expr)] = shape
+        return shape
+
+    def _type(self, e: ast.Expr) -> ShapeTerm:
+        if isinstance(e, ast.Number):
+            return ()
+        if isinstance(e, ast.Name):
+            return self.type_name(e)
+        if isinstance(e, ast.Primed):
+            return self.type_primed(e)
+        if isinstance(e, ast.Neg):
+            return self.type(e.operand)
+        if isinstance(e, ast.BinOp):
+            left, right = self.type(e.left), self.type(e.right)
+            if e.op == "@":
+                return self.type_matmul(e, left, right)
+            return self.elementwise(e, [e.left, e.right], [left, right])
+        if isinstance(e, ast.Call):
+            return self.type_call(e)
+        raise TypeError(f"not an expression: {e!r}")
+
+    def type_name(self, e: ast.Name) -> ShapeTerm:
+        name = e.id
+        self.used.add(name)
+        if name in self.bindings:
+            return self.bindings[name][1]
+        if name in self.inputs:
+            return self.shape_of(self.inputs[name].shape)
+        if name in self.states:
+            return self.shape_of(self.states[name].shape)
+        if name in self.assigned_later:
+            later = self.assigned_later[name]
+            raise UseBeforeDefinitionError(
+                f"`{name}` is used before it is defined",
+                e.span,
+                f"move the line that defines `{name}` above this one",
+                notes=((later.span, f"`{name}` is defined here"),),
+            )
+        if name in FUNCTIONS:
+            raise UnknownNameError(
+                f"`{name}` is a function, not a value",
+                e.span,
+                f"call it: `{name}(...)`",
+            )
+        param = self.params.get(name)
+        if param is None:
+            param = self.params[name] = _Param(_ShapeVar())
+            self.warn_if_misspelt(e)
+        param.uses.append(e.span)
+        return param.shape
+
+    def warn_if_misspelt(self, e: ast.Name) -> None:
+        known = [*self.inputs, *self.states, *self.assigned_later]
+        close = difflib.get_close_matches(e.id, known, n=1, cutoff=0.8)
+        if close and len(e.id) > 1:
+            warnings.warn(
+                RnncWarning(
+                    f"`{e.id}` is not defined, so it becomes a parameter",
+                    e.span,
+                    f"did you mean `{close[0]}`? If `{e.id}` is a parameter, "
+                    f"declare it: `param {e.id}`",
+                ),
+                stacklevel=2,
+            )
+
+    def type_primed(self, e: ast.Primed) -> ShapeTerm:
+        name = e.id
+        if name in self.nexts:
+            return self.nexts[name][1]
+        if name not in self.states:
+            raise UnknownNameError(
+                f"`{name}'` reads the next value of `{name}`, but `{name}` is not a state",
+                e.span,
+                f"declare the state (`state {name}: [H] = 0`) or drop the prime",
+            )
+        if name in self.next_later:
+            raise UseBeforeDefinitionError(
+                f"`{name}'` is used before it is defined",
+                e.span,
+                f"move the line `{name}' = ...` above this one, or read the old value `{name}`",
+                notes=((self.next_later[name].span, f"`{name}'` is defined here"),),
+            )
+        self.missing_next(self.states[name])
+        raise AssertionError("unreachable")
+
+    def missing_next(self, state: ast.StateDecl) -> None:
+        raise MissingNextStateError(
+            f"state `{state.name}` has no next value",
+            state.span,
+            f"add a line `{state.name}' = ...` that computes the state of the next step",
+        )
+
+    def mismatch(self, e: ast.Expr, parts: list[ast.Expr], shapes: list[ShapeTerm]) -> None:
+        described = [
+            f"`{_text(p)}` has shape {_show(self.u.shape(s))}"
+            for p, s in zip(parts, shapes, strict=True)
+        ]
+        notes = tuple((p.span, d) for p, d in zip(parts[:-1], described[:-1], strict=True))
+        notes += self.param_notes(parts)
+        raise ShapeMismatchError(
+            f"shape mismatch in `{_text(e)}`: " + " but ".join(described),
+            parts[-1].span,
+            "make the shapes agree (a matrix product changes the last dimension); "
+            "if two dimension names are meant to be equal, use one name for both",
+            notes=notes,
+        )
+
+    def param_notes(self, parts: list[ast.Expr]) -> tuple[tuple[Span, str], ...]:
+        notes = []
+        for p in parts:
+            if isinstance(p, ast.Name) and p.id in self.params and self.params[p.id].uses:
+                first = self.params[p.id].uses[0]
+                if first != p.span:
+                    notes.append((first, f"parameter `{p.id}` got its shape from this use"))
+        return tuple(notes)
+
+    def elementwise(self, e: ast.Expr, parts: list[ast.Expr], shapes: list[ShapeTerm]) -> ShapeTerm:
+        result = shapes[0]
+        for i in range(1, len(shapes)):
+            new = self.u.broadcast(result, shapes[i])
+            if new is None:
+                self.mismatch(e, parts[: i + 1], shapes[: i + 1])
+            result = new
+        return result
+
+    def type_matmul(self, e: ast.BinOp, a: ShapeTerm, b: ShapeTerm) -> ShapeTerm:
+        u = self.u
+        a, b = u.shape(a), u.shape(b)
+        if isinstance(a, _ShapeVar) and isinstance(b, _ShapeVar):
+            raise ShapeInferenceError(
+                f"cannot infer the shapes of both sides of `{_text(e)}`",
+                e.span,
+                "declare one of them with its shape, e.g. `param W: [I, H]`",
+            )
+        if isinstance(b, _ShapeVar):
+            if len(a) not in (1, 2):
+                self.rank_error(e.left, a)
+            out = _DimVar()
+            u.unify_exact(b, (a[-1], out))
+            return (*a[:-1], out)
+        if isinstance(a, _ShapeVar):
+            if len(b) not in (1, 2):
+                self.rank_error(e.right, b)
+            out = _DimVar()
+            u.unify_exact(a, (out, b[0]))
+            return (out, *b[1:])
+        for side, shape in ((e.left, a), (e.right, b)):
+            if len(shape) not in (1, 2):
+                self.rank_error(side, shape)
+        if not u.unify_dim(a[-1], b[0]):
+            raise ShapeMismatchError(
+                f"matrix product `{_text(e)}`: the last dimension of `{_text(e.left)}` "
+                f"{_show(a)} differs from the first of `{_text(e.right)}` {_show(b)}",
+                e.right.span,
+                "the inner dimensions of `a @ b` must be equal; check the orientation "
+                "(rnnc writes `x @ W` with W: [in, out])",
+                notes=(
+                    (e.left.span, f"`{_text(e.left)}` has shape {_show(a)}"),
+                    *self.param_notes([e.left, e.right]),
+                ),
+            )
+        return (*a[:-1], *b[1:])
+
+    def rank_error(self, e: ast.Expr, shape: ShapeTerm) -> None:
+        raise ShapeMismatchError(
+            f"`{_text(e)}` has shape {_show(shape)}; `@` takes vectors and matrices",
+            e.span,
+            "use `*` for elementwise products of scalars",
+        )
+
+    def type_call(self, e: ast.Call) -> ShapeTerm:
+        if e.func not in FUNCTIONS:
+            close = difflib.get_close_matches(e.func, FUNCTIONS, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            raise UnknownNameError(
+                f"unknown function `{e.func}`",
+                e.span,
+                f"{hint}the built-in functions are: {', '.join(FUNCTIONS)}",
+            )
+        op, arity = FUNCTIONS[e.func]
+        if (arity is not None and len(e.args) != arity) or (arity is None and not e.args):
+            want = (
+                f"{arity} argument" + ("s" if arity != 1 else "")
+                if arity
+                else "at least 1 argument"
+            )
+            raise ArgumentCountError(
+                f"`{e.func}` takes {want}, not {len(e.args)}",
+                e.span,
+                f"call it as `{e.func}({', '.join(['x', 'y', 'z'][: arity or 2])}{'' if arity else ', ...'})`",
+            )
+        shapes = [self.type(a) for a in e.args]
+        if op == "concat":
+            return self.type_concat(e, shapes)
+        if op == "layer_norm":
+            shape = self.u.shape(shapes[0])
+            if isinstance(shape, tuple) and not shape:
+                raise ShapeMismatchError(
+                    "`layer_norm` normalises over the last axis of a vector, not a scalar",
+                    e.args[0].span,
+                    "pass a vector",
+                )
+            return shape
+        return self.elementwise(e, list(e.args), shapes)
+
+    def type_concat(self, e: ast.Call, shapes: list[ShapeTerm]) -> ShapeTerm:
+        resolved = [self.u.shape(s) for s in shapes]
+        for arg, s in zip(e.args, resolved, strict=True):
+            if isinstance(s, _ShapeVar):
+                raise ShapeInferenceError(
+                    f"cannot infer the shape of `{_text(arg)}` inside concat",
+                    arg.span,
+                    f"declare it with its shape: `param {_text(arg)}: [H]`",
+                )
+            if len(s) != 1:
+                raise ShapeMismatchError(
+                    f"concat joins vectors, but `{_text(arg)}` has shape {_show(s)}",
+                    arg.span,
+                    "pass vectors",
+                )
+        total = self.u.sum_dims([s[0] for s in resolved])
+        if total is None:
+            raise ShapeInferenceError(
+                "cannot infer the size of the concatenation",
+                e.span,
+                "declare the shapes of the parameters inside concat",
+            )
+        return (total,)
+
+    # ---- statements
+    def run(self) -> ir.CellIR:
+        self.declare()
+        for stmt in self.cell.body:
+            if not isinstance(stmt, ast.Assign):
+                continue
+            shape = self.type(stmt.value)
+            if stmt.primed:
+                if stmt.target not in self.states:
+                    raise UnknownNameError(
+                        f"`{stmt.target}'` is the next value of `{stmt.target}`, "
+                        f"but `{stmt.target}` is not a state",
+                        stmt.span,
+                        f"declare it first: `state {stmt.target}: [H] = 0`, "
+                        f"or drop the prime for a local value",
+                    )
+                del self.next_later[stmt.target]
+                self.nexts[stmt.target] = (stmt, shape)
+            else:
+                del self.assigned_later[stmt.target]
+                self.bindings[stmt.target] = (stmt, shape)
+        self.finish()
+        return _Builder(self).build()
+
+    def finish(self) -> None:
+        for name, state in self.states.items():
+            if name not in self.nexts:
+                self.missing_next(state)
+            stmt, shape = self.nexts[name]
+            want = self.shape_of(state.shape)
+            if not self.u.unify_exact(shape, want):
+                raise NextStateShapeError(
+                    f"the next value of `{name}` has shape {_show(self.u.shape(shape))}, "
+                    f"but state `{name}` has shape {_show(want)}",
+                    stmt.value.span,
+                    f"compute a value of shape {_show(want)} for `{name}'`, "
+                    "or change the state's declared shape",
+                    notes=((state.span, f"state `{name}` is declared here"),),
+                )
+        for name, port in self.outputs.items():
+            if name not in self.bindings:
+                raise MissingOutputError(
+                    f"output `{name}` is never assigned",
+                    port.span,
+                    f"add a line `{name} = ...` to the cell (for instance `{name} = h'`)",
+                )
+            stmt, shape = self.bindings[name]
+            want = self.shape_of(port.shape)
+            if not self.u.unify_exact(shape, want):
+                raise ShapeMismatchError(
+                    f"output `{name}` is declared with shape {_show(want)} "
+                    f"but is assigned a value of shape {_show(self.u.shape(shape))}",
+                    stmt.value.span,
+                    "change the value or the declared shape in the header",
+                    notes=((port.span, f"`{name}` is declared here"),),
+                )
+        for name, param in self.params.items():
+            shape = self.u.shape(param.shape)
+            if isinstance(shape, tuple) and not any(isinstance(d, _DimVar) for d in shape):
+                continue
+            if not param.uses:
+                if param.decl is not None:
+                    raise ShapeInferenceError(
+                        f"parameter `{name}` is declared without a shape and never used",
+                        param.decl.span,
+                        f"use it, give it a shape (`param {name}: [H]`) or delete the line",
+                    )
+                continue
+            raise ShapeInferenceError(
+                f"cannot infer the shape of parameter `{name}` (so far {_show(shape)})",
+                param.uses[0],
+                f"declare it with its shape, e.g. `param {name}: [H, H]`",
+            )
+        for name, port in self.inputs.items():
+            if name not in self.used:
+                warnings.warn(
+                    RnncWarning(f"input `{name}` is never used", port.span, "use it or remove it"),
+                    stacklevel=3,
+                )
+        for name, param in self.params.items():
+            if param.decl is not None and not param.uses:
+                warnings.warn(
+                    RnncWarning(
+                        f"parameter `{name}` is declared but never used",
+                        param.decl.span,
+                        "use it or delete the declaration",
+                    ),
+                    stacklevel=3,
+                )
+
+
+class _Builder:
+    """The second pass: the AST, with every shape known, becomes IR nodes."""
+
+    def __init__(self, checker: _Checker):
+        self.c = checker
+        self.values: dict[str, ir.Node] = {}
+        self.nexts: dict[str, ir.Node] = {}
+
+    def shape(self, expr: ast.Expr) -> tuple[ir.Dim, ...]:
+        shape = self.c.u.shape(self.c.types[id(expr)])
+        assert isinstance(shape, tuple), expr
+        return shape  # type: ignore[return-value]
+
+    def node(self, e: ast.Expr) -> ir.Node:
+        shape = self.shape(e)
+        if isinstance(e, ast.Number):
+            return ir.Node("const", (), (), float(e.value))
+        if isinstance(e, ast.Name):
+            if e.id in self.values:
+                return self.values[e.id]
+            c = self.c
+            op = "input" if e.id in c.inputs else "state" if e.id in c.states else "param"
+            return ir.Node(op, (), shape, e.id)
+        if isinstance(e, ast.Primed):
+            return self.nexts[e.id]
+        if isinstance(e, ast.Neg):
+            return ir.Node("neg", (self.node(e.operand),), shape)
+        if isinstance(e, ast.BinOp):
+            return ir.Node(_BINOPS[e.op], (self.node(e.left), self.node(e.right)), shape)
+        if isinstance(e, ast.Call):
+            return ir.Node(FUNCTIONS[e.func][0], tuple(self.node(a) for a in e.args), shape)
+        raise TypeError(e)
+
+    def build(self) -> ir.CellIR:
+        c = self.c
+        for stmt in c.cell.body:
+            if isinstance(stmt, ast.Assign):
+                node = self.node(stmt.value)
+                (self.nexts if stmt.primed else self.values)[stmt.target] = node
+        states = {}
+        for name, s in c.states.items():
+            shape = c.shape_of(s.shape)
+            if s.init == "learned":
+                states[name] = ir.StateSpec(shape, "learned")
+            else:
+                states[name] = ir.StateSpec(shape, "constant", float(s.init))
+        params = {}
+        for name, p in c.params.items():
+            shape = c.u.shape(p.shape)
+            if not isinstance(shape, tuple):
+                continue  # declared, never used, warned about
+            init = p.decl.init if p.decl else None
+            if name.endswith("0") and name[:-1] in states and states[name[:-1]].init == "learned":
+                init = ast.Initializer("zeros")
+            params[name] = ir.ParamSpec(
+                shape, init.name if init else None, tuple(init.args) if init else ()
+            )
+        return ir.CellIR(
+            name=c.cell.name,
+            inputs={n: c.shape_of(p.shape) for n, p in c.inputs.items()},
+            states=states,
+            params=params,
+            next_state={n: self.nexts[n] for n in c.states},
+            outputs={n: self.values[n] for n in c.outputs},
+            doc=c.cell.doc or "",
+            source=c.cell.source,
+            filename=c.cell.span.filename,
+        )
+
+
+def check_cell(cell: ast.Cell) -> ir.CellIR:
+    """Check one cell and return its IR, or raise an :class:`~rnnc.errors.RnncError`."""
+    return _Checker(cell).run()
+
+
+def check_module(module: ast.Module) -> dict[str, ir.CellIR]:
+    """Check every cell of a module; the result maps cell names to IR."""
+    cells: dict[str, ir.CellIR] = {}
+    spans: dict[str, Span] = {}
+    for cell in module.cells:
+        if cell.name in cells:
+            raise DuplicateDefinitionError(
+                f"a cell named `{cell.name}` is already defined in this file",
+                cell.span,
+                "give each cell of a file its own name",
+                notes=((spans[cell.name], "the first one is here"),),
+            )
+        cells[cell.name] = check_cell(cell)
+        spans[cell.name] = cell.span
+    return cells

@@ -1,0 +1,160 @@
+"""The pipeline in one place: source -> AST -> checked IR -> optimised IR -> compiled.
+
+``parse`` and ``load_cell`` turn what a user names (a built-in, a ``.cell`` file, text,
+a Python-DSL cell) into checked IR; ``optimize`` runs the passes; ``function``
+compiles PyTensor graphs with the chosen backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytensor
+from pytensor.compile.mode import Mode, get_mode
+
+from rnnc import ir
+from rnnc.check import check_module
+from rnnc.errors import OptionError, UnknownNameError
+from rnnc.lang.parser import parse_module
+
+__all__ = ["BACKENDS", "BUILTIN_CELLS", "default_backend", "function", "load_cell", "mode", "parse"]
+
+#: The built-in cells and the file each lives in (``rnnc/cells/*.cell``).
+BUILTIN_CELLS = {"rnn": "rnn", "rnn_relu": "rnn", "lstm": "lstm", "gru": "gru"}
+
+#: ``backend=`` values: PyTensor's C backend, Numba, JAX, and PyTensor's fast-compiling
+#: Python mode (slow to run, quick to build: for small tests and debugging).
+BACKENDS = ("c", "numba", "jax", "python")
+
+
+def parse(text: str, filename: str | None = None) -> dict[str, ir.CellIR]:
+    """Parse and check the cells of ``text``; returns ``{name: cell}`` in file order.
+
+    Raises an :class:`~rnnc.errors.RnncError` subclass carrying ``.line`` and ``.column``.
+
+    >>> cells = rnnc.parse("cell acc(x: [N]) -> (y: [N]):\\n    state s: [N] = 0\\n"
+    ...                    "    s' = s + x\\n    y = s'\\n")
+    >>> list(cells)
+    ['acc']
+    """
+    return check_module(parse_module(text, filename or "<string>"))
+
+
+@functools.cache
+def _parse_file(path: str, mtime: float) -> dict[str, ir.CellIR]:
+    return parse(Path(path).read_text(encoding="utf-8"), path)
+
+
+def parse_file(path: str | os.PathLike) -> dict[str, ir.CellIR]:
+    """Parse and check a ``.cell`` file (cached while the file is unchanged)."""
+    p = Path(path)
+    return _parse_file(str(p), p.stat().st_mtime)
+
+
+def builtin_path(name: str) -> Path:
+    return Path(str(resources.files("rnnc") / "cells" / f"{BUILTIN_CELLS[name]}.cell"))
+
+
+def load_cell(cell: Any) -> ir.CellIR:
+    """The checked IR of what a user passes as ``cell``.
+
+    ``cell`` is a built-in name (``"rnn"``, ``"rnn_relu"``, ``"lstm"``, ``"gru"``), a path
+    to a ``.cell`` file (``"path.cell:name"`` picks one cell of several), a
+    :class:`~rnnc.ir.CellIR`, or a cell made with :func:`rnnc.cell`.
+    """
+    if isinstance(cell, ir.CellIR):
+        return cell
+    if hasattr(cell, "ir") and isinstance(cell.ir, ir.CellIR):
+        return cell.ir
+    if not isinstance(cell, str | os.PathLike):
+        raise OptionError(
+            f"cannot make a cell of {type(cell).__name__}",
+            fix="pass a built-in name, a path to a .cell file, or a cell made with @rnnc.cell",
+        )
+    text = os.fspath(cell)
+    if text in BUILTIN_CELLS:
+        return parse_file(builtin_path(text))[text]
+    path, _, wanted = (
+        text.rpartition(":") if text.count(":") and not Path(text).exists() else (text, "", "")
+    )
+    if not Path(path).is_file():
+        raise UnknownNameError(
+            f"no built-in cell and no file named {text!r}",
+            fix=f"use one of {', '.join(BUILTIN_CELLS)}, or the path of a .cell file",
+        )
+    cells = parse_file(path)
+    if wanted:
+        if wanted not in cells:
+            raise UnknownNameError(
+                f"{path} has no cell named {wanted!r}",
+                fix=f"the cells there are: {', '.join(cells)}",
+            )
+        return cells[wanted]
+    if len(cells) != 1:
+        raise OptionError(
+            f"{path} holds {len(cells)} cells ({', '.join(cells)}); which one?",
+            fix=f"name it after a colon: '{path}:{next(iter(cells), 'NAME')}'",
+        )
+    return next(iter(cells.values()))
+
+
+# ---------------------------------------------------------------- backends
+def default_backend() -> str:
+    """The backend used when none is given: ``$RNNC_BACKEND``, else ``"c"``.
+
+    C is the default because it compiles 3x faster than Numba cold and runs faster
+    (docs/backends.md has the figures); JAX is faster still but an optional extra.
+    """
+    backend = os.environ.get("RNNC_BACKEND", "c")
+    check_backend(backend)
+    return backend
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise OptionError(
+            f"unknown backend {backend!r}",
+            fix=f"use one of: {', '.join(repr(b) for b in BACKENDS)}",
+        )
+    if backend == "jax":
+        try:
+            import jax  # noqa: F401
+        except ImportError:
+            raise OptionError(
+                "the JAX backend needs jax, which is not installed",
+                fix="pip install 'rnnc[jax]'",
+            ) from None
+    return backend
+
+
+def mode(backend: str | None = None) -> Mode:
+    """PyTensor's compilation mode for a backend."""
+    backend = check_backend(backend or default_backend())
+    if backend == "c":
+        return Mode(linker="cvm", optimizer="fast_run")
+    if backend == "python":
+        return get_mode("FAST_COMPILE")
+    return get_mode(backend.upper())
+
+
+def function(
+    inputs: Sequence[Any],
+    outputs: Any,
+    backend: str | None = None,
+    updates: Any = None,
+    **kwargs: Any,
+) -> pytensor.compile.function.types.Function:
+    """``pytensor.function`` with the mode of ``backend``."""
+    return pytensor.function(
+        list(inputs),
+        outputs,
+        updates=updates,
+        mode=mode(backend),
+        on_unused_input="ignore",
+        **kwargs,
+    )
