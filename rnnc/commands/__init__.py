@@ -1,0 +1,1 @@
+"""Subcommands of the ``rnnc`` command line (see :mod:`rnnc.cli`)."""
