@@ -1,0 +1,70 @@
+"""Save for backward: in-loop values the backward loop would recompute become outputs.
+
+The gradient of a scan is a second scan that runs backwards. Without help it
+recomputes, at every step, the forward values its derivatives need: ``sigmoid(z)``
+for ``s * (1 - s)``, ``tanh(z)`` for ``1 - t**2``, and with them every product that
+leads there. PyTensor's scan gradient reuses a forward value instead when the
+forward scan returns it as an output. This pass adds those outputs (named
+``_save0``, ``_save1``, ...; layers hide names that start with ``_``). A function
+that takes no gradient never reads them, and PyTensor drops them from its scan.
+
+Before (an LSTM step)::
+
+    outputs: y
+
+After (``save="auto"``)::
+
+    outputs: y, _save0 = sigmoid(...i...), _save1 = sigmoid(...f...),
+             _save2 = tanh(...g...), _save3 = sigmoid(...o...), _save4 = tanh(c')
+
+The price is memory: each saved value is kept for every step (``time * batch *
+size`` numbers). ``"auto"`` saves the results of the nonlinear elementwise functions
+(and the arguments of the piecewise ones: ``relu``, ``abs``, ``maximum``, ...),
+which is what the derivatives read; ``"all"`` saves every intermediate value in the
+loop; ``"none"`` nothing.
+"""
+
+from __future__ import annotations
+
+from rnnc import ir
+from rnnc.passes.common import in_loop_roots
+
+__all__ = ["MODES", "PREFIX", "save"]
+
+#: The choices for what to save.
+MODES = ("auto", "all", "none")
+#: Names of the outputs this pass adds.
+PREFIX = "_save"
+
+_RESULT_NEEDED = ("sigmoid", "tanh", "exp", "softplus", "sqrt", "log")
+_ARGS_NEEDED = ("relu", "abs", "maximum", "minimum", "layer_norm", "div", "pow")
+
+
+def save(cell: ir.CellIR, mode: str = "auto") -> ir.CellIR:
+    """Add the in-loop values the backward pass needs as outputs (see module doc)."""
+    if mode == "none":
+        return cell
+    if mode not in MODES:
+        raise ValueError(f"save mode must be one of {MODES}, not {mode!r}")
+    roots = set(in_loop_roots(cell))
+    chosen: list[ir.Node] = []
+    for node in ir.walk(in_loop_roots(cell)):
+        if mode == "all":
+            candidates = [node]
+        elif node.op in _RESULT_NEEDED:
+            candidates = [node]
+        elif node.op in _ARGS_NEEDED:
+            candidates = list(node.args)
+        else:
+            candidates = []
+        for c in candidates:
+            if c.stateful and c.op not in ir.LEAVES and c not in roots and c not in chosen:
+                chosen.append(c)
+    if not chosen:
+        return cell
+    outputs = dict(cell.outputs)
+    n = sum(1 for name in outputs if name.startswith(PREFIX))
+    for node in chosen:
+        outputs[f"{PREFIX}{n}"] = node
+        n += 1
+    return cell.replace(outputs=outputs)
