@@ -17,7 +17,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.tensor.variable import TensorVariable
 
-from rnnc import ir
+from rnnc import ir, passes
 from rnnc.compile import check_backend, default_backend, function, load_cell
 from rnnc.errors import (
     InputDtypeError,
@@ -89,6 +89,9 @@ class Recurrent:
         Seeds the initialisers.
     name
         Prefix of the parameters' PyTensor names.
+    optimize
+        The IR passes (:mod:`rnnc.passes`): True (all, the default), False (none), or
+        a dict switching some, e.g. ``{"fuse": False, "save": "none"}``.
     """
 
     def __init__(
@@ -100,9 +103,11 @@ class Recurrent:
         bias: bool = True,
         seed: int = 0,
         name: str | None = None,
+        optimize: bool | Mapping[str, Any] = True,
         **dims: int,
     ) -> None:
         self.cell = load_cell(cell)
+        self.optimize = passes.resolve(optimize)
         if dtype not in ("float32", "float64"):
             raise OptionError(f"dtype must be 'float32' or 'float64', not {dtype!r}")
         self.dtype = dtype
@@ -255,7 +260,7 @@ class Recurrent:
             if m.ndim != 2:
                 raise InputShapeError(f"mask must be [batch, time], but it has {m.ndim} axes")
         result = scan_cell(
-            self.cell,
+            passes.optimize(self.cell, self.optimize, self.sizes),
             inputs,
             self.params,
             self.sizes,
@@ -265,7 +270,8 @@ class Recurrent:
             reverse=reverse,
             truncate_gradient=truncate_gradient,
         )
-        return RecurrentOutput(result.outputs, result.state)
+        outputs = {k: v for k, v in result.outputs.items() if not k.startswith(passes.SAVED_PREFIX)}
+        return RecurrentOutput(outputs, result.state)
 
     # ---------------------------------------------------------------- NumPy
     def run(
