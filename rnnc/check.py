@@ -46,6 +46,15 @@ FUNCTIONS: dict[str, tuple[str, int | None]] = {
     "concat": ("concat", None),
 }
 
+#: How each built-in function is called, for messages.
+_SIGNATURES = {
+    **{f: f"{f}(x)" for f, (_, n) in FUNCTIONS.items() if n == 1},
+    "maximum": "maximum(a, b)",
+    "minimum": "minimum(a, b)",
+    "where": "where(condition, a, b)",
+    "concat": "concat(a, b, ...)",
+}
+
 #: Initialisers: name -> the numbers of arguments it accepts.
 INITIALIZERS: dict[str, tuple[int, ...]] = {
     "uniform": (0, 1, 2),
@@ -72,6 +81,14 @@ class _ShapeVar:
 
 DimTerm = ir.Dim | _DimVar
 ShapeTerm = tuple[DimTerm, ...] | _ShapeVar
+
+
+def _dim(dim: ast.Dim) -> ir.Dim:
+    """A written dimension in canonical form: ``[I + H + H]`` -> ``"2*H + I"``."""
+    total: dict[str, int] = {}
+    for coeff, name in dim.terms:
+        total[name or ""] = total.get(name or "", 0) + coeff
+    return _canon(total)
 
 
 def _canon(terms: dict[str, int]) -> ir.Dim:
@@ -151,6 +168,66 @@ class _Unifier:
         return _canon(total)
 
 
+def _count(counts: tuple[int, ...]) -> str:
+    """``(0, 1, 2)`` -> ``"0, 1 or 2 arguments"``."""
+    words = [str(n) for n in counts]
+    text = words[-1] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+    return f"{text} argument" + ("" if counts == (1,) else "s")
+
+
+#: The argument names of each initialiser, by the number of arguments, for messages.
+_INITIALIZER_ARGS = {
+    ("uniform", 1): "a",
+    ("uniform", 2): "lo, hi",
+    ("normal", 1): "std",
+    ("normal", 2): "mean, std",
+    ("orthogonal", 1): "gain",
+    ("constant", 1): "value",
+}
+
+
+def _initializer_form(name: str, count: int) -> str:
+    """How an initialiser is written with ``count`` arguments, e.g. ``uniform(lo, hi)``."""
+    return name if count == 0 else f"{name}({_INITIALIZER_ARGS[name, count]})"
+
+
+def _name_span(call: ast.Call) -> Span:
+    """The span of the function's name in a call."""
+    s = call.span
+    return Span(s.filename, s.line, s.column, s.line, s.column + len(call.func), s.text)
+
+
+def _param_name(expr: ast.Expr) -> str:
+    """The name to use in a suggested ``param`` line: the parameter's, or ``W``."""
+    return expr.id if isinstance(expr, ast.Name) else "W"
+
+
+def _operand(expr: ast.Expr) -> str:
+    """The text of an expression as the left operand of ``@``."""
+    text = _text(expr)
+    return f"({text})" if isinstance(expr, ast.BinOp | ast.Neg) else text
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``b`` is ``a`` with one letter added, removed or changed, or two swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+    if len(a) < len(b):
+        return a[i:] == b[i + 1 :]
+    swapped = a[i : i + 2] == b[i : i + 2][::-1] and a[i + 2 :] == b[i + 2 :]
+    return a[i + 1 :] == b[i + 1 :] or swapped
+
+
+def _warn(message: str, span: Span, fix: str) -> None:
+    """Issue an :class:`RnncWarning` attributed to the user's line, not to rnnc's."""
+    warnings.warn_explicit(
+        RnncWarning(message, span, fix), RnncWarning, span.filename, span.line, "rnnc.check"
+    )
+
+
 def _show(shape: ShapeTerm) -> str:
     if isinstance(shape, _ShapeVar):
         return "[?]"
@@ -174,6 +251,7 @@ class _Param:
     shape: ShapeTerm
     decl: ast.ParamDecl | None = None
     uses: list[Span] = field(default_factory=list)
+    statement: ast.Assign | None = None  # where it is first used
 
 
 class _Checker:
@@ -190,10 +268,11 @@ class _Checker:
         self.used: set[str] = set()
         self.assigned_later: dict[str, ast.Assign] = {}
         self.next_later: dict[str, ast.Assign] = {}
+        self.statement: ast.Assign | None = None  # the one being checked
 
     # ---- helpers
     def shape_of(self, shape: ast.Shape) -> tuple[ir.Dim, ...]:
-        return tuple(_canon({n or "": c for c, n in d.terms}) for d in shape.dims)
+        return tuple(_dim(d) for d in shape.dims)
 
     def duplicate(self, name: str, span: Span, first: Span, what: str) -> None:
         raise DuplicateDefinitionError(
@@ -252,7 +331,13 @@ class _Checker:
             if state.init == "learned":
                 name = f"{state.name}0"
                 if name in seen:
-                    self.duplicate(name, state.span, *seen[name])
+                    raise DuplicateDefinitionError(
+                        f"state `{state.name}` is learned, which makes a parameter `{name}`, "
+                        f"but `{name}` is already defined as {seen[name][1]}",
+                        state.span,
+                        f"rename `{name}`: the name is taken by the learned initial state",
+                        notes=((seen[name][0], f"`{name}` is defined here"),),
+                    )
                 self.params[name] = _Param(self.shape_of(state.shape))
 
     def check_initializer(self, decl: ast.ParamDecl) -> None:
@@ -268,11 +353,12 @@ class _Checker:
                 f"{hint}use one of: {', '.join(INITIALIZERS)}",
             )
         if len(init.args) not in INITIALIZERS[init.name]:
-            counts = " or ".join(map(str, INITIALIZERS[init.name]))
+            counts = INITIALIZERS[init.name]
+            forms = " or ".join(f"`~ {_initializer_form(init.name, n)}`" for n in counts)
             raise ArgumentCountError(
-                f"initialiser `{init.name}` takes {counts} arguments, not {len(init.args)}",
+                f"initialiser `{init.name}` takes {_count(counts)}, not {len(init.args)}",
                 init.span,
-                "see the list of initialisers in grammar/README.md",
+                f"write {forms}",
             )
 
     # ---- expressions
@@ -310,6 +396,14 @@ class _Checker:
             return self.shape_of(self.states[name].shape)
         if name in self.assigned_later:
             later = self.assigned_later[name]
+            if later is self.statement:
+                raise UseBeforeDefinitionError(
+                    f"`{name}` is used in its own definition",
+                    e.span,
+                    f"a value cannot depend on itself within one step; to carry `{name}` "
+                    f"to the next step, make it a state (`state {name}: [H] = 0`) and "
+                    f"write `{name}' = ...`",
+                )
             raise UseBeforeDefinitionError(
                 f"`{name}` is used before it is defined",
                 e.span,
@@ -326,21 +420,21 @@ class _Checker:
         if param is None:
             param = self.params[name] = _Param(_ShapeVar())
             self.warn_if_misspelt(e)
+        if not param.uses:
+            param.statement = self.statement
         param.uses.append(e.span)
         return param.shape
 
     def warn_if_misspelt(self, e: ast.Name) -> None:
-        known = [*self.inputs, *self.states, *self.assigned_later]
-        close = difflib.get_close_matches(e.id, known, n=1, cutoff=0.8)
-        if close and len(e.id) > 1:
-            warnings.warn(
-                RnncWarning(
-                    f"`{e.id}` is not defined, so it becomes a parameter",
-                    e.span,
-                    f"did you mean `{close[0]}`? If `{e.id}` is a parameter, "
-                    f"declare it: `param {e.id}`",
-                ),
-                stacklevel=2,
+        """Warn when a new parameter's name is one typo away from a value's name."""
+        known = [*self.inputs, *self.states, *self.bindings, *self.assigned_later]
+        close = [k for k in known if _one_edit_apart(e.id, k)]
+        if close and len(e.id) >= 3:
+            _warn(
+                f"`{e.id}` is not defined, so it becomes a parameter",
+                e.span,
+                f"did you mean `{close[0]}`? If `{e.id}` is meant to be a parameter, "
+                f"declare it (`param {e.id}`) to silence this warning",
             )
 
     def type_primed(self, e: ast.Primed) -> ShapeTerm:
@@ -371,6 +465,17 @@ class _Checker:
         )
 
     def mismatch(self, e: ast.Expr, parts: list[ast.Expr], shapes: list[ShapeTerm]) -> None:
+        first, last = self.u.shape(shapes[0]), self.u.shape(shapes[-1])
+        fix = "elementwise operations need equal shapes (or a scalar on one side)"
+        if isinstance(first, tuple) and isinstance(last, tuple) and len(first) == len(last) == 1:
+            a, b = first[0], last[0]
+            fix += (
+                f": `{_operand(parts[0])} @ W`, with a parameter W: [{a}, {b}], turns "
+                f"`{_text(parts[0])}` into [{b}]; if {a} and {b} are meant to be equal, "
+                "use one name"
+            )
+        else:
+            fix += "; change one side, for instance with a matrix product"
         described = [
             f"`{_text(p)}` has shape {_show(self.u.shape(s))}"
             for p, s in zip(parts, shapes, strict=True)
@@ -380,8 +485,7 @@ class _Checker:
         raise ShapeMismatchError(
             f"shape mismatch in `{_text(e)}`: " + " but ".join(described),
             parts[-1].span,
-            "make the shapes agree (a matrix product changes the last dimension); "
-            "if two dimension names are meant to be equal, use one name for both",
+            fix,
             notes=notes,
         )
 
@@ -410,7 +514,7 @@ class _Checker:
             raise ShapeInferenceError(
                 f"cannot infer the shapes of both sides of `{_text(e)}`",
                 e.span,
-                "declare one of them with its shape, e.g. `param W: [I, H]`",
+                f"declare one of them with its shape, e.g. `param {_param_name(e.left)}: [H, H]`",
             )
         if isinstance(b, _ShapeVar):
             if len(a) not in (1, 2):
@@ -442,10 +546,13 @@ class _Checker:
         return (*a[:-1], *b[1:])
 
     def rank_error(self, e: ast.Expr, shape: ShapeTerm) -> None:
+        scalar = isinstance(shape, tuple) and not shape
         raise ShapeMismatchError(
-            f"`{_text(e)}` has shape {_show(shape)}; `@` takes vectors and matrices",
+            f"`{_text(e)}` has shape {_show(shape)}; `@` multiplies vectors and matrices",
             e.span,
-            "use `*` for elementwise products of scalars",
+            "multiply by a scalar with `*`"
+            if scalar
+            else f"give `{_text(e)}` one or two dimensions, e.g. [I, H]",
         )
 
     def type_call(self, e: ast.Call) -> ShapeTerm:
@@ -454,20 +561,16 @@ class _Checker:
             hint = f"did you mean `{close[0]}`? " if close else ""
             raise UnknownNameError(
                 f"unknown function `{e.func}`",
-                e.span,
+                _name_span(e),
                 f"{hint}the built-in functions are: {', '.join(FUNCTIONS)}",
             )
         op, arity = FUNCTIONS[e.func]
         if (arity is not None and len(e.args) != arity) or (arity is None and not e.args):
-            want = (
-                f"{arity} argument" + ("s" if arity != 1 else "")
-                if arity
-                else "at least 1 argument"
-            )
+            want = _count((arity,)) if arity else "at least 1 argument"
             raise ArgumentCountError(
                 f"`{e.func}` takes {want}, not {len(e.args)}",
                 e.span,
-                f"call it as `{e.func}({', '.join(['x', 'y', 'z'][: arity or 2])}{'' if arity else ', ...'})`",
+                f"call it as `{_SIGNATURES[e.func]}`",
             )
         shapes = [self.type(a) for a in e.args]
         if op == "concat":
@@ -478,7 +581,7 @@ class _Checker:
                 raise ShapeMismatchError(
                     "`layer_norm` normalises over the last axis of a vector, not a scalar",
                     e.args[0].span,
-                    "pass a vector",
+                    "apply it to a vector, e.g. a matrix product `layer_norm(x @ W)`",
                 )
             return shape
         return self.elementwise(e, list(e.args), shapes)
@@ -490,13 +593,13 @@ class _Checker:
                 raise ShapeInferenceError(
                     f"cannot infer the shape of `{_text(arg)}` inside concat",
                     arg.span,
-                    f"declare it with its shape: `param {_text(arg)}: [H]`",
+                    f"declare the parameter with its shape, e.g. `param {_param_name(arg)}: [H]`",
                 )
             if len(s) != 1:
                 raise ShapeMismatchError(
                     f"concat joins vectors, but `{_text(arg)}` has shape {_show(s)}",
                     arg.span,
-                    "pass vectors",
+                    "pass vectors only; a parameter can be declared as one, e.g. `param k: [1]`",
                 )
         total = self.u.sum_dims([s[0] for s in resolved])
         if total is None:
@@ -513,55 +616,75 @@ class _Checker:
         for stmt in self.cell.body:
             if not isinstance(stmt, ast.Assign):
                 continue
+            self.statement = stmt
+            if stmt.primed and stmt.target not in self.states:
+                self.not_a_state(stmt)
             shape = self.type(stmt.value)
             if stmt.primed:
-                if stmt.target not in self.states:
-                    raise UnknownNameError(
-                        f"`{stmt.target}'` is the next value of `{stmt.target}`, "
-                        f"but `{stmt.target}` is not a state",
-                        stmt.span,
-                        f"declare it first: `state {stmt.target}: [H] = 0`, "
-                        f"or drop the prime for a local value",
-                    )
                 del self.next_later[stmt.target]
+                self.check_declared(stmt, shape)
                 self.nexts[stmt.target] = (stmt, shape)
             else:
                 del self.assigned_later[stmt.target]
+                if stmt.target in self.outputs:
+                    self.check_declared(stmt, shape)
                 self.bindings[stmt.target] = (stmt, shape)
         self.finish()
         return _Builder(self).build()
 
+    def not_a_state(self, stmt: ast.Assign) -> None:
+        name = stmt.target
+        if name in self.outputs:
+            fix = f"an output is assigned without a prime: `{name} = ...`"
+        else:
+            fix = f"declare the state (`state {name}: [H] = 0`), or drop the prime"
+        raise UnknownNameError(
+            f"`{name}'` is the next value of `{name}`, but `{name}` is not a state",
+            stmt.span,
+            fix,
+        )
+
+    def check_declared(self, stmt: ast.Assign, shape: ShapeTerm) -> None:
+        """Give a next state or an output its declared shape, where it is assigned (so
+        that the lines below, an output reading `h'`, already know it)."""
+        name = stmt.target
+        decl = self.states[name] if stmt.primed else self.outputs[name]
+        want = self.shape_of(decl.shape)
+        if self.u.unify_exact(shape, want):
+            return
+        got = _show(self.u.shape(shape))
+        if stmt.primed:
+            raise NextStateShapeError(
+                f"the next value of `{name}` has shape {got}, "
+                f"but state `{name}` has shape {_show(want)}",
+                stmt.value.span,
+                f"compute a value of shape {_show(want)} for `{name}'`, "
+                "or change the state's declared shape",
+                notes=((decl.span, f"state `{name}` is declared here"),),
+            )
+        raise ShapeMismatchError(
+            f"output `{name}` is declared with shape {_show(want)} "
+            f"but is assigned a value of shape {got}",
+            stmt.value.span,
+            "change the value or the declared shape in the header",
+            notes=((decl.span, f"`{name}` is declared here"),),
+        )
+
     def finish(self) -> None:
-        for name, state in self.states.items():
-            if name not in self.nexts:
+        for state in self.states.values():
+            if state.name not in self.nexts:
                 self.missing_next(state)
-            stmt, shape = self.nexts[name]
-            want = self.shape_of(state.shape)
-            if not self.u.unify_exact(shape, want):
-                raise NextStateShapeError(
-                    f"the next value of `{name}` has shape {_show(self.u.shape(shape))}, "
-                    f"but state `{name}` has shape {_show(want)}",
-                    stmt.value.span,
-                    f"compute a value of shape {_show(want)} for `{name}'`, "
-                    "or change the state's declared shape",
-                    notes=((state.span, f"state `{name}` is declared here"),),
-                )
         for name, port in self.outputs.items():
             if name not in self.bindings:
                 raise MissingOutputError(
                     f"output `{name}` is never assigned",
                     port.span,
-                    f"add a line `{name} = ...` to the cell (for instance `{name} = h'`)",
-                )
-            stmt, shape = self.bindings[name]
-            want = self.shape_of(port.shape)
-            if not self.u.unify_exact(shape, want):
-                raise ShapeMismatchError(
-                    f"output `{name}` is declared with shape {_show(want)} "
-                    f"but is assigned a value of shape {_show(self.u.shape(shape))}",
-                    stmt.value.span,
-                    "change the value or the declared shape in the header",
-                    notes=((port.span, f"`{name}` is declared here"),),
+                    f"add a line `{name} = ...` to the cell"
+                    + (
+                        f" (for instance `{name} = {next(iter(self.states))}'`)"
+                        if self.states
+                        else ""
+                    ),
                 )
         for name, param in self.params.items():
             shape = self.u.shape(param.shape)
@@ -575,26 +698,34 @@ class _Checker:
                         f"use it, give it a shape (`param {name}: [H]`) or delete the line",
                     )
                 continue
+            if isinstance(shape, tuple):
+                dims = ", ".join("N" if isinstance(d, _DimVar) else str(d) for d in shape)
+                example = f"`param {name}: [{dims}]`, N standing for the size you mean"
+            else:
+                example = f"`param {name}: [H]`"
+            notes = ()
+            stmt = param.statement
+            if stmt and not stmt.primed and stmt.target not in self.used | set(self.outputs):
+                notes = ((stmt.span, f"`{stmt.target}` is never used, so nothing fixes it"),)
             raise ShapeInferenceError(
                 f"cannot infer the shape of parameter `{name}` (so far {_show(shape)})",
                 param.uses[0],
-                f"declare it with its shape, e.g. `param {name}: [H, H]`",
+                f"declare it with its shape, e.g. {example}",
+                notes=notes,
             )
         for name, port in self.inputs.items():
             if name not in self.used:
-                warnings.warn(
-                    RnncWarning(f"input `{name}` is never used", port.span, "use it or remove it"),
-                    stacklevel=3,
+                _warn(
+                    f"input `{name}` is never used",
+                    port.span,
+                    "use it in the cell's body, or remove it from the header",
                 )
         for name, param in self.params.items():
             if param.decl is not None and not param.uses:
-                warnings.warn(
-                    RnncWarning(
-                        f"parameter `{name}` is declared but never used",
-                        param.decl.span,
-                        "use it or delete the declaration",
-                    ),
-                    stacklevel=3,
+                _warn(
+                    f"parameter `{name}` is declared but never used",
+                    param.decl.span,
+                    "use it, or delete the declaration",
                 )
 
 

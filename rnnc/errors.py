@@ -72,7 +72,9 @@ class Span:
             return ""
         end = self.end_column if self.end_line == self.line else len(line) + 1
         width = max(1, min(end, len(line) + 1) - self.column)
-        return f"    {line}\n    {' ' * (self.column - 1)}{'^' * width}"
+        # Keep the tabs of the line, so that the caret lines up however they are shown.
+        pad = "".join(c if c == "\t" else " " for c in line[: self.column - 1])
+        return f"    {line}\n    {pad}{'^' * width}"
 
     def __str__(self) -> str:
         return f"{self.filename}:{self.line}:{self.column}"

@@ -12,7 +12,12 @@ from importlib import resources
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 from lark.indenter import DedentError, Indenter
 
 from rnnc.errors import CellSyntaxError, RnncError, Span
@@ -57,106 +62,336 @@ def _lark(strict: bool = False) -> Lark:
     )
 
 
-# Friendly messages for syntax errors: each is matched by Lark to the parser state of
-# the examples (see Lark's examples/advanced/error_reporting_lalr.py).
+# ---------------------------------------------------------------- syntax errors
+# Friendly messages, chosen by Lark's ``match_examples``: a syntax error gets the
+# message of the example below that fails in the same parser state (and, where several
+# do, with the same kind of token). Each key is ``(message, fix)``.
+_HEADER = "cell a(x: [I]) -> (y: [H]):\n"
+_BODY = _HEADER + "    "
 _SYNTAX_EXAMPLES: dict[tuple[str, str], list[str]] = {
     (
-        "a cell starts with a header",
+        "a file holds cells, and a cell starts with its header",
         "write `cell NAME(x: [I]) -> (y: [H]):` and indent the body below it",
-    ): ["x = 1\n", "state h: [H] = 0\n", "cell\n", "cell a\n"],
+    ): ["x = 1\n", "state h: [H] = 0\n", "cell\n", "cell a\n", "def a(x):\n", "cell a x\n"],
     (
-        "the header needs `-> (outputs)` after the inputs",
-        "add the outputs after the inputs: `cell NAME(x: [I]) -> (y: [H]):`",
+        "the header needs `->` and the outputs after the inputs",
+        "write the outputs after the inputs: `cell NAME(x: [I]) -> (y: [H]):`",
     ): ["cell a(x: [I]):\n", "cell a(x: [I]) (y: [H]):\n", "cell a(x: [I]) -> y: [H]:\n"],
     (
         "the header must end with a colon",
         "add `:` at the end of the `cell` line",
-    ): ["cell a(x: [I]) -> (y: [H])\n    y = x\n"],
+    ): [_HEADER[:-2] + "\n    y = x\n", _HEADER[:-2] + " y = x\n"],
     (
-        "an input or output needs a shape",
-        "give it a shape in brackets, e.g. `x: [I]`",
-    ): ["cell a(x) -> (y: [H]):\n", "cell a(x: I) -> (y: [H]):\n", "cell a(x: [I]) -> (y):\n"],
+        "an input or output needs a name and a shape",
+        "write each one as `name: [DIMS]`, e.g. `x: [I]`",
+    ): [
+        "cell a(x) -> (y: [H]):\n",
+        "cell a(x: [I]) -> (y):\n",
+        "cell a([I]) -> (y: [H]):\n",
+        "cell a(x: [I], [I]) -> (y: [H]):\n",
+        "cell a(x: [I]) -> ([H]):\n",
+    ],
+    (
+        "a comma is missing between two inputs or outputs",
+        "separate them with commas: `(x: [I], h: [H])`",
+    ): ["cell a(x: [I] y: [I]) -> (y: [H]):\n", "cell a(x: [I]) -> (y: [H] z: [H]):\n"],
+    (
+        "the list of inputs is not closed",
+        "close it with `)` before `->`",
+    ): ["cell a(x: [I] -> (y: [H]):\n", "cell a(x: [I], -> (y: [H]):\n"],
+    (
+        "a shape is written in brackets",
+        "write the dimensions in brackets: `[H]`, `[I, H]`, or `[]` for a scalar",
+    ): [
+        "cell a(x: I) -> (y: [H]):\n",
+        "cell a(x: [I]) -> (y: H):\n",
+        _BODY + "state h: H = 0\n",
+        _BODY + "param W: H\n",
+    ],
+    (
+        "a dimension is a sum of terms such as `H`, `4` or `2*H`",
+        "write a whole number before `*` (`2*H`, not `H*2`) and join terms with `+`",
+    ): [
+        _BODY + "state h: [H*2] = 0\n",
+        _BODY + "state h: [H-1] = 0\n",
+        _BODY + "state h: [2H] = 0\n",
+        _BODY + "state h: [2*] = 0\n",
+        _BODY + "state h: [H+] = 0\n",
+        _BODY + "state h: [H H] = 0\n",
+        _BODY + "state h: [H,] = 0\n",
+        "cell a(x: [I*2]) -> (y: [H]):\n",
+        "cell a(x: [I H]) -> (y: [H]):\n",
+    ],
+    (
+        "the body of a cell must be indented below its header",
+        "indent each statement of the body, e.g. by four spaces",
+    ): [_HEADER + "y = x\n", _HEADER],
+    (
+        "a cell needs at least one statement after its docstring",
+        "add the statements that compute the next states and outputs",
+    ): [_BODY + '"""A docstring."""\n'],
     (
         "a state needs a shape and an initial value",
         "write `state h: [H] = 0` (or `= learned`)",
     ): [
-        "cell a(x: [I]) -> ():\n    state h\n",
-        "cell a(x: [I]) -> ():\n    state h: [H]\n",
-        "cell a(x: [I]) -> ():\n    state h = 0\n",
-        "cell a(x: [I]) -> ():\n    state h: [H] = \n",
+        _BODY + "state\n",
+        _BODY + "state h\n",
+        _BODY + "state h: [H]\n",
+        _BODY + "state h = 0\n",
+        _BODY + "state h: [H] 0\n",
+    ],
+    (
+        "the initial value of a state must be a number or `learned`",
+        "write e.g. `state h: [H] = 0`, `= -1.5` or `= learned` (a trained initial state)",
+    ): [
+        _BODY + "state h: [H] = \n",
+        _BODY + "state h: [H] = learn\n",
+        _BODY + "state h: [H] = 0 0\n",
+    ],
+    (
+        "an initialiser follows `~` after the parameter's name and shape",
+        "write `param W: [H, H] ~ orthogonal` (shape and initialiser are both optional)",
+    ): [
+        _BODY + "param\n",
+        _BODY + "param W: [H, H] = orthogonal\n",
+        _BODY + "param W = orthogonal\n",
+        _BODY + "param W ~\n",
+        _BODY + "param W ~ normal 1\n",
+        _BODY + "param W [H, H]\n",
+    ],
+    (
+        "the arguments of an initialiser are plain numbers",
+        "write e.g. `~ normal(0.1)` or `~ uniform(-0.1, 0.1)`",
+    ): [
+        _BODY + "param W ~ normal(std=0.1)\n",
+        _BODY + "param W ~ normal(0.1 0.2)\n",
+        _BODY + "param W ~ normal(0.1\n",
+        _BODY + "param W ~ normal(0.1,)\n",
+    ],
+    (
+        "a statement must be `name = expression`, `name' = expression`, `state ...` or `param ...`",
+        "check the start of this line: keywords are lower case and an assignment needs `=`",
+    ): [
+        _BODY + "x\n",
+        _BODY + "x + 1 = y\n",
+        _BODY + "tanh(x)\n",
+        _BODY + "State h: [H] = 0\n",
+        _BODY + "if x:\n",
+        _BODY + "h'\n",
+        _BODY + "1 = x\n",
+        _BODY + "-x = 1\n",
+        _BODY + "return x\n",
     ],
     (
         "an expression is incomplete",
         "complete the expression: an operator needs a value on each side",
     ): [
-        "cell a(x: [I]) -> ():\n    y = \n",
-        "cell a(x: [I]) -> ():\n    y = x +\n",
-        "cell a(x: [I]) -> ():\n    y = x * \n",
-        "cell a(x: [I]) -> ():\n    y = x @\n",
-        "cell a(x: [I]) -> ():\n    y = tanh(\n",
+        _BODY + "y = \n",
+        _BODY + "y = x +\n",
+        _BODY + "y = x -\n",
+        _BODY + "y = x * \n",
+        _BODY + "y = x / \n",
+        _BODY + "y = x @\n",
+        _BODY + "y = x **\n",
+        _BODY + "y = x <\n",
+        _BODY + "y = -\n",
+        _BODY + "y = tanh(\n",
+        _BODY + "y = (\n",
+        _BODY + "h' = \n",
     ],
+    (
+        "a call has an empty argument",
+        "remove the extra comma or add the missing argument",
+    ): [_BODY + "y = maximum(x, )\n", _BODY + "y = maximum(,x)\n"],
+    (
+        "square brackets are only for shapes",
+        "join vectors with `concat(a, b)`; use parentheses to group",
+    ): [_BODY + "y = [x, x]\n", _BODY + "y = x[0]\n", _BODY + "y = x + [1]\n"],
     (
         "two values stand side by side without an operator",
-        "put an operator (`+`, `*`, `@`, ...) between them",
+        "put an operator (`+`, `*`, `@`, ...) or a comma between them",
     ): [
-        "cell a(x: [I]) -> ():\n    y = x x\n",
-        "cell a(x: [I]) -> ():\n    y = x 2\n",
-        "cell a(x: [I]) -> ():\n    y = 2 x\n",
-        "cell a(x: [I]) -> ():\n    y = (x) x\n",
+        _BODY + "y = x x\n",
+        _BODY + "y = x 2\n",
+        _BODY + "y = 2 x\n",
+        _BODY + "y = (x) x\n",
+        _BODY + "y = h' x\n",
+        _BODY + "y = tanh(x) x\n",
+        _BODY + "y = tanh(x x)\n",
+        _BODY + "y = (x x)\n",
+        _BODY + "y = 2 (x)\n",
     ],
     (
-        "unbalanced parentheses",
-        "close every `(` with a `)` on the same statement",
-    ): [
-        "cell a(x: [I]) -> ():\n    y = (x))\n",
-        "cell a(x: [I]) -> ():\n    y = tanh(x))\n",
-    ],
+        "`=` cannot appear inside an expression",
+        "assign one name per line; to compare, use `<`, `>`, `<=` or `>=` (there is no `==`)",
+    ): [_BODY + "y = x == 1\n", _BODY + "y = x = 1\n", _BODY + "y = tanh(x = 1)\n"],
     (
-        "a statement must assign to a name",
-        "write `name = expression`, or `name' = expression` for a next state",
-    ): [
-        "cell a(x: [I]) -> ():\n    x\n",
-        "cell a(x: [I]) -> ():\n    x + 1 = y\n",
-        "cell a(x: [I]) -> ():\n    tanh(x)\n",
-    ],
+        "unbalanced parentheses: this `)` closes nothing",
+        "remove it, or add the `(` it was meant to close",
+    ): [_BODY + "y = (x))\n", _BODY + "y = tanh(x))\n", _BODY + "y = x)\n", _BODY + "y = 1)\n"],
+    (
+        "a comparison cannot be chained",
+        "compare two values at a time: `(a < b) * (b < c)` is 1 where both hold",
+    ): [_BODY + "y = x < 1 < 2\n"],
+}
+
+#: What a terminal of the grammar is called in a message.
+_TERMINAL_NAMES = {
+    "NAME": "a name",
+    "PRIMED": "a primed name",
+    "NUMBER": "a number",
+    "STRING": "a docstring",
+    "COMPARE": "a comparison",
+    "_NL": "the end of the line",
+    "_INDENT": "an indented line",
+    "_DEDENT": "the end of the indented block",
+    "$END": "the end of the file",
+}
+
+#: Characters that start no token, and what to say about them: (message, fix).
+_BAD_CHARACTERS = {
+    "'": (
+        "a prime (') must come right after a state's name, as in `h'`",
+        "remove the space before it, or the prime itself where no next value is meant",
+    ),
+    "^": ("`^` is not an operator", "write powers with `**`: `x ** 2`"),
+    "!": (
+        "`!=` is not an operator",
+        "the comparisons are `<`, `>`, `<=` and `>=`; `where(c, a, b)` chooses by a condition",
+    ),
+    ";": ("one statement per line: `;` is not allowed", "put each statement on its own line"),
+    '"': ("a string is not closed", 'end a docstring with the quotes it started with: `"""`'),
+    ".": (
+        "`.` cannot follow a value: cells have no attributes or methods",
+        "for a transposed product swap the operands: `W @ x` instead of `x @ W.T`",
+    ),
+    "{": ("braces are not part of the language", "group with parentheses `( )`"),
+    "}": ("braces are not part of the language", "group with parentheses `( )`"),
 }
 
 
-def _friendly_syntax_error(exc: UnexpectedInput, text: str, filename: str) -> CellSyntaxError:
-    line, column = exc.line, exc.column
-    if line is None or line < 1:
-        lines = text.splitlines() or [""]
-        line, column = len(lines), len(lines[-1]) + 1
+def _context(exc: UnexpectedToken) -> tuple[int, frozenset[str]]:
+    """What identifies the place of a syntax error: the LALR state and the terminals
+    the parser would accept there."""
+    return exc.state.position, frozenset(exc.accepts or exc.expected)
+
+
+@functools.cache
+def _example_table() -> dict[tuple[int, frozenset[str]], dict[str, tuple[str, str]]]:
+    """``context -> {token type: (message, fix)}``; the type ``""`` stands for any.
+
+    This is Lark's ``match_examples`` computed once: its own comparison also wants the
+    parse stack of the same depth, which differs with optional parts before the error
+    (a docstring, the ports of the header), so an example would match only a text
+    shaped exactly like it.
+    """
+    table: dict[tuple[int, frozenset[str]], dict[str, tuple[str, str]]] = {}
+    for label, examples in _SYNTAX_EXAMPLES.items():
+        for text in examples:
+            try:
+                _lark().parse(text)
+            except UnexpectedToken as exc:
+                by_type = table.setdefault(_context(exc), {})
+                by_type.setdefault(exc.token.type, label)
+                by_type.setdefault("", label)
+    return table
+
+
+def _match_example(exc: UnexpectedToken) -> tuple[str, str] | None:
+    by_type = _example_table().get(_context(exc), {})
+    return by_type.get(exc.token.type) or by_type.get("")
+
+
+def _describe(terminal: str) -> str:
+    if terminal in _TERMINAL_NAMES:
+        return _TERMINAL_NAMES[terminal]
+    for t in _lark().terminals:
+        if t.name == terminal and t.pattern.type == "str":
+            return f"`{t.pattern.value}`"
+    return terminal
+
+
+def _found(token: Token) -> str:
+    if token.type in ("_NL", "_INDENT", "_DEDENT", "$END"):
+        return _describe(token.type)
+    return f"`{token}`"
+
+
+def _error_span(exc: UnexpectedInput, text: str, filename: str) -> Span:
+    """Where a syntax error is: the unexpected token, or the place of a bad character."""
     token = getattr(exc, "token", None)
+    lines = text.splitlines() or [""]
+    if isinstance(token, Token) and token.type == "_INDENT":
+        # Lark places the indent at the end of the line above; point at the indentation.
+        line = token.end_line or exc.line
+        return Span(filename, line, 1, line, max(2, token.end_column or 2), text)
+    line, column = exc.line, exc.column
+    if line is None or line < 1 or (isinstance(token, Token) and token.type == "$END"):
+        line, column = len(lines), len(lines[-1]) + 1
     width = 1
     if isinstance(token, Token) and token.end_column and token.end_line == line:
         width = max(1, token.end_column - column)
-    span = Span(filename, line, column, line, column + width, text)
+    return Span(filename, line, column, line, column + width, text)
 
-    try:
-        found = exc.match_examples(_lark().parse, _SYNTAX_EXAMPLES, use_accepts=True)
-    except Exception:  # match_examples is best effort; fall back to a plain message
-        found = None
+
+def _unclosed_bracket(text: str, span: Span) -> tuple[int, int] | None:
+    """The line and column of a ``(`` or ``[`` still open at ``span`` and opened on an
+    earlier line (inside brackets a line break does not end the statement)."""
+    stack: list[tuple[int, int, str]] = []
+    for number, line in enumerate(text.splitlines()[: span.line], 1):
+        stop = span.column - 1 if number == span.line else len(line)
+        for column, char in enumerate(line[:stop], 1):
+            if char == "#":
+                break
+            if char in "([":
+                stack.append((number, column, char))
+            elif char in ")]" and stack:
+                stack.pop()
+    if stack and stack[-1][0] < span.line:
+        return stack[-1][0], stack[-1][1]
+    return None
+
+
+def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> CellSyntaxError:
+    span = _error_span(exc, text, filename)
+    token = getattr(exc, "token", None)
+    if isinstance(exc, UnexpectedCharacters):
+        char = span.source_line()[span.column - 1 : span.column]
+        message, fix = _BAD_CHARACTERS.get(
+            char,
+            (
+                f"unexpected character `{char}`",
+                "remove it; grammar/README.md lists what a cell may hold",
+            ),
+        )
+        return CellSyntaxError(message, span, fix)
+    if (opened := _unclosed_bracket(text, span)) is not None:
+        line, column = opened
+        bracket = text.splitlines()[line - 1][column - 1]
+        closer = ")" if bracket == "(" else "]"
+        return CellSyntaxError(
+            f"this `{bracket}` is never closed",
+            Span(filename, line, column, line, column + 1, text),
+            f"add the `{closer}` that closes it at the end of its statement",
+            notes=((span, "the statement was still open here"),),
+        )
+    if isinstance(token, Token) and token.type == "_INDENT":
+        return CellSyntaxError(
+            "unexpected indentation: this line is indented more than the one above",
+            span,
+            "indent every statement of a cell body by the same amount",
+        )
+    found = _match_example(exc) if isinstance(exc, UnexpectedToken) else None
     if found is not None:
         message, fix = found
-    elif isinstance(exc, UnexpectedCharacters):
-        char = text.splitlines()[line - 1][column - 1 : column] if text else ""
-        message, fix = f"unexpected character {char!r}", "remove it or check the spelling"
-        if char == "'":
-            message = "a prime (') must follow a state name directly, as in `h'`"
-            fix = "remove the space before the prime"
-    elif isinstance(exc, UnexpectedEOF):
-        message, fix = "the text ends in the middle of a statement", "complete the statement"
+        return CellSyntaxError(message, span, fix)
+    expected = sorted({_describe(t) for t in getattr(exc, "expected", ()) or ()})
+    what = _found(token) if isinstance(token, Token) else "text"
+    if 0 < len(expected) <= 4:
+        message = f"unexpected {what}: expected {' or '.join(expected)}"
     else:
-        message, fix = "unexpected text here", "compare with the examples in grammar/README.md"
-    if (isinstance(token, Token) and token.type == "_DEDENT") or (
-        isinstance(token, Token) and token.type == "_INDENT"
-    ):
-        message = "unexpected indentation"
-        fix = "indent every statement of a cell body by the same amount"
-    if isinstance(token, Token) and token.type == "$END" and found is None:
-        message = "the text ends in the middle of a statement"
-    return CellSyntaxError(message, span, fix)
+        message = f"unexpected {what} here"
+    return CellSyntaxError(message, span, "compare with the examples in grammar/README.md")
 
 
 # ---------------------------------------------------------------- tree to AST
@@ -331,7 +566,7 @@ def parse_module(text: str, filename: str = "<string>") -> ast.Module:
     try:
         tree = _lark().parse(source)
     except UnexpectedInput as exc:
-        raise _friendly_syntax_error(exc, source, filename) from None
+        raise _syntax_error(exc, source, filename) from None
     except DedentError as exc:
         raise _dedent_error(exc, source, filename) from None
     try:
