@@ -142,6 +142,11 @@ def lower_nodes(
                     v if n.batched else pt.broadcast_to(v, (lead, *v.shape))
                     for v, n in zip(args, node.args, strict=True)
                 ]
+            if node.value:  # widths known (the fuse pass): the gradient's split is static
+                args = [
+                    pt.specify_shape(v, (None,) * (v.ndim - 1) + (w,))
+                    for v, w in zip(args, node.value, strict=True)
+                ]
             out = pt.concatenate(args, axis=-1)
         elif node.op == "layer_norm":
             out = _layer_norm(args[0], dtype)

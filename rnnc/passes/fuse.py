@@ -18,7 +18,9 @@ After::
            i = sigmoid(seq:_pre0 + P[0:H])
            f = sigmoid(seq:_pre1 + P[H:2*H])
 
-Slice bounds are numbers, so the pass needs the layer's dimension sizes. Products
+Slice bounds are numbers, so the pass needs the layer's dimension sizes; the
+``concat`` node records the width of each part (``value``), so the lowering can give
+them static shapes (JAX needs the split in the gradient to have static sizes). Products
 are fused only within one region (before the loop, in it, after it), so a fused
 product is never computed twice.
 """
@@ -68,7 +70,8 @@ def fuse(cell: ir.CellIR, sizes: Mapping[str, int]) -> ir.CellIR:
         a = group[0].args[0]
         weights = [n.args[1] for n in group]
         width = dim_sum(w.shape[1] for w in weights)
-        matrix = ir.Node("concat", tuple(weights), (weights[0].shape[0], width))
+        widths = tuple(ir.dim_size(w.shape[1], sizes) for w in weights)
+        matrix = ir.Node("concat", tuple(weights), (weights[0].shape[0], width), widths)
         product = ir.Node("matmul", (a, matrix), (width,))
         replace: dict[ir.Node, ir.Node] = {}
         start = 0
