@@ -1,0 +1,111 @@
+"""``rnnc doctor``: what rnnc will compile with, and what would make it faster.
+
+Reports the versions, the default backend, the C compiler, the BLAS the C backend
+links (and whether a system OpenBLAS could be used), Numba's and JAX's caches and
+rnnc's own cache. Exits 0; ``--strict`` exits 1 when the C backend has no BLAS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+from typing import Any
+
+__all__ = ["add_parser", "diagnose", "run"]
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser = sub.add_parser("doctor", help="report backends, BLAS and caches")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when the C backend has no BLAS"
+    )
+    return parser
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
+
+
+def diagnose() -> list[tuple[str, str, str | None]]:
+    """``(what, finding, advice or None)`` rows."""
+    import numpy
+    import pytensor
+
+    import rnnc
+    from rnnc import cache
+    from rnnc.compile import default_backend
+
+    rows: list[tuple[str, str, str | None]] = [
+        ("rnnc", rnnc.__version__, None),
+        ("python", platform.python_version(), None),
+        ("pytensor", pytensor.__version__, None),
+        ("numpy", numpy.__version__, None),
+        ("default backend", default_backend(), "choose with backend=... or $RNNC_BACKEND"),
+        (
+            "C compiler",
+            pytensor.config.cxx or "none",
+            None
+            if pytensor.config.cxx
+            else "install g++ (Debian: apt-get install g++); without it only numba/jax work",
+        ),
+        ("compile dir", str(pytensor.config.compiledir), None),
+    ]
+    user = cache.user_blas_flags()
+    openblas = cache.find_openblas()
+    flags = cache.configure_blas()
+    if flags:
+        how = "set by you" if user is not None else "set by rnnc (system OpenBLAS found)"
+        rows.append(("C backend BLAS", f"{flags} ({how})", None))
+    else:
+        rows.append(
+            (
+                "C backend BLAS",
+                "none: matrix products go through NumPy's C API",
+                "Debian/Ubuntu: apt-get install libopenblas-dev (rnnc then links it by "
+                "itself); elsewhere set PYTENSOR_FLAGS=blas__ldflags='-L/path -lopenblas'",
+            )
+        )
+    rows.append(("system OpenBLAS", str(openblas) if openblas else "not found", None))
+    numba = _version("numba")
+    rows.append(
+        (
+            "numba",
+            f"{numba} (cache {'on' if pytensor.config.numba__cache else 'off'})"
+            if numba
+            else "missing",
+            None if numba else "pip install numba",
+        )
+    )
+    jax = _version("jax")
+    rows.append(
+        (
+            "jax",
+            f"{jax} (persistent cache: {cache.configure_jax()})" if jax else "not installed",
+            None if jax else "optional: pip install 'rnnc[jax]' for the JAX backend",
+        )
+    )
+    folder = cache.cache_dir() / "functions"
+    count = len(list(folder.glob("*.pkl"))) if folder.is_dir() else 0
+    state = "on" if cache.enabled() else "off (RNNC_CACHE=0)"
+    rows.append(("rnnc cache", f"{cache.cache_dir()} ({state}, {count} functions)", None))
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    rows.append(("OMP_NUM_THREADS", threads, None))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = diagnose()
+    width = max(len(what) for what, _, _ in rows)
+    for what, finding, advice in rows:
+        print(f"{what:<{width}}  {finding}")
+        if advice and (what != "default backend"):
+            print(f"{'':<{width}}  -> {advice}")
+    no_blas = any(
+        what == "C backend BLAS" and finding.startswith("none") for what, finding, _ in rows
+    )
+    return 1 if args.strict and no_blas else 0
