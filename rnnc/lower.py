@@ -200,6 +200,101 @@ def _over_all_steps(
     return out
 
 
+def _per_example(flag: TensorVariable, like: TensorVariable) -> TensorVariable:
+    """A ``[batch]`` flag with axes added to broadcast against ``like`` ``[batch, ...]``."""
+    return flag.dimshuffle(0, *["x"] * (like.ndim - 1))
+
+
+def _effective_resets(
+    reset: TensorVariable, mask: TensorVariable | None, reverse: bool
+) -> TensorVariable:
+    """Where states are reset before a step, in time order (``[T, B]`` bool, time-major).
+
+    ``reset[t]`` marks that a new document begins at step ``t``. Going forward, the
+    states are reset before step ``t`` runs. Going backward the boundary is crossed
+    after step ``t`` has run, i.e. before step ``t - 1``. Either way a reset counts only
+    if a real (unmasked) step follows it in processing order, so a mark on trailing
+    padding never changes a final state.
+    """
+    if reverse:
+        reset = pt.concatenate([reset[1:], pt.zeros_like(reset[:1])], axis=0)
+    if mask is None:
+        return reset
+    ahead = mask[::-1] if not reverse else mask
+    real_ahead = pt.gt(pt.cumsum(pt.cast(ahead, "int32"), axis=0), 0)
+    return pt.and_(reset, real_ahead[::-1] if not reverse else real_ahead)
+
+
+def _segmented_scan(
+    step,
+    sequences: list[TensorVariable],
+    init: list[TensorVariable],
+    n_outputs: int,
+    non_sequences: list[TensorVariable],
+    every: int,
+    reverse: bool,
+    keep_states: bool,
+) -> tuple[list[TensorVariable], list[TensorVariable], list[TensorVariable]]:
+    """``scan(step)`` split into segments of ``every`` steps (gradient checkpointing).
+
+    An outer scan runs over segments and an inner scan over the steps of one segment.
+    The forward pass keeps only the states at segment borders (plus the per-step
+    outputs, which are results); the backward pass re-runs each segment's inner scan
+    from its border to get the values it needs. Memory for the states drops from
+    ``T`` steps to ``T / every + every``, at the price of a second forward pass.
+
+    ``sequences`` are time-major, their last one the mask (the caller adds one), so
+    the zero padding that makes ``T`` a multiple of ``every`` is a run of masked
+    steps. Returns ``(finals, outputs, state_sequences)`` in processing order
+    (``state_sequences`` empty unless ``keep_states``).
+    """
+    time = sequences[0].shape[0]
+    if reverse:
+        sequences = [s[::-1] for s in sequences]
+    pad = (every - time % every) % every
+    segments = []
+    for s in sequences:
+        s = pt.concatenate([s, pt.zeros((pad, *s.shape[1:]), dtype=s.dtype)], axis=0)
+        segments.append(s.reshape((-1, every, *[s.shape[i] for i in range(1, s.ndim)])))
+    n_seq, n_states = len(sequences), len(init)
+
+    def outer(*args):
+        seg, states, rest = args[:n_seq], args[n_seq : n_seq + n_states], args[n_seq + n_states :]
+        res = pytensor.scan(
+            step,
+            sequences=list(seg),
+            outputs_info=[*states, *([None] * n_outputs)],
+            non_sequences=list(rest),
+            strict=True,
+            return_updates=False,
+            return_list=True,
+        )
+        last = [
+            pt.specify_shape(r[-1], s.type.shape) if r[-1].type.shape != s.type.shape else r[-1]
+            for r, s in zip(res[:n_states], states, strict=True)
+        ]
+        return [*last, *res[n_states:], *(res[:n_states] if keep_states else [])]
+
+    results = pytensor.scan(
+        outer,
+        sequences=segments,
+        outputs_info=[*init, *([None] * (n_outputs + (n_states if keep_states else 0)))],
+        non_sequences=non_sequences,
+        strict=True,
+        return_updates=False,
+        return_list=True,
+    )
+
+    def steps(x: TensorVariable) -> TensorVariable:  # [n_seg, every, ...] -> [time, ...]
+        flat = x.reshape((x.shape[0] * x.shape[1], *[x.shape[i] for i in range(2, x.ndim)]))
+        return flat[:time]
+
+    finals = [r[-1] for r in results[:n_states]]
+    outputs = [steps(r) for r in results[n_states : n_states + n_outputs]]
+    state_seqs = [steps(r) for r in results[n_states + n_outputs :]]
+    return finals, outputs, state_seqs
+
+
 def scan_cell(
     cell: ir.CellIR,
     inputs: Mapping[str, TensorVariable],
@@ -210,16 +305,45 @@ def scan_cell(
     mask: TensorVariable | None = None,
     reverse: bool = False,
     truncate_gradient: int = -1,
+    reset: TensorVariable | None = None,
+    checkpoint: int | None = None,
 ) -> ScanResult:
     """Run ``cell`` over ``inputs`` (``[batch, time, ...]`` each) with one scan.
 
-    ``mask`` is ``[batch, time]`` (1 = real step). With ``reverse`` each sequence is
-    processed from its last step back to its first (padding-aware: padded steps keep
-    the state wherever they are) and outputs are returned in the original order.
+    For every example ``b``, in processing order (``t = T-1 .. 0`` with ``reverse``)::
+
+        if reset[b, t]:  state = initial value          # declared: constant or learned
+        if mask[b, t]:   state, out[t] = step(state, x[b, t])
+        else:            out[t] = 0                      # the state is kept
+
+    ``mask`` is ``[batch, time]`` (nonzero = real step); the inputs of padded steps
+    are replaced by zeros, so they get exactly zero gradient. ``reset`` is
+    ``[batch, time]`` (nonzero = a new document begins at this step); see
+    :func:`_effective_resets` for the reverse direction. With ``reverse`` each
+    sequence is processed from its last step back to its first (padding-aware: padded
+    steps keep the state wherever they are) and outputs are returned in time order;
+    the final state is the state after the last step processed.
+    ``truncate_gradient=k`` back-propagates through at most ``k`` steps;
+    ``checkpoint=k`` recomputes the forward pass in segments of ``k`` steps during
+    the backward pass instead of storing every step (see :func:`_segmented_scan`).
     """
     inputs_tm = {name: _time_major(x) for name, x in inputs.items()}
-    batch = next(iter(inputs.values())).shape[0]
+    first = next(iter(inputs_tm.values()))
+    time, batch = first.shape[0], first.shape[1]
     param_leaves = {("param", k): v for k, v in params.items()}
+
+    mask_tm = pt.neq(_time_major(mask), 0) if mask is not None else None
+    if mask_tm is not None:  # padded inputs are never read: exactly zero gradient
+        zero = np.asarray(0, dtype)
+        inputs_tm = {
+            k: pt.switch(mask_tm.dimshuffle(0, 1, *["x"] * (v.ndim - 2)), v, zero)
+            for k, v in inputs_tm.items()
+        }
+    reset_tm = None
+    if reset is not None:
+        reset_tm = _effective_resets(pt.neq(_time_major(reset), 0), mask_tm, reverse)
+    if checkpoint is not None and mask_tm is None:  # segments pad with masked steps
+        mask_tm = pt.ones((time, batch), dtype="bool")
 
     # values that do not depend on a state, computed before the loop for every step
     seq_values = _over_all_steps(
@@ -233,12 +357,16 @@ def scan_cell(
     seq_names = [("input", k) for k in inputs_tm if ("input", k) in used]
     seq_names += [("seq", k) for k in seq_values if ("seq", k) in used]
     sequences = [inputs_tm[k] if op == "input" else seq_values[k] for op, k in seq_names]
-    if mask is not None:
-        sequences.append(pt.cast(_time_major(mask), dtype))
-    non_seq_names = [k for k in params if ("param", k) in used]
+    if reset_tm is not None:
+        sequences.append(reset_tm)
+    if mask_tm is not None:
+        sequences.append(mask_tm)
+    state_names = list(cell.states)
+    learned = [f"{n}0" for n in state_names if cell.states[n].init == "learned"]
+    needed = {k for op, k in used if op == "param"} | (set(learned) if reset is not None else set())
+    non_seq_names = [k for k in params if k in needed]
     non_sequences = [params[k] for k in non_seq_names]
 
-    state_names = list(cell.states)
     init = []
     for name in state_names:
         if initial_state is not None and name in initial_state:
@@ -256,43 +384,69 @@ def scan_cell(
     def step(*args):
         args = list(args)
         leaves = {k: args.pop(0) for k in seq_names}
-        m = args.pop(0) if mask is not None else None
+        r = args.pop(0) if reset_tm is not None else None
+        m = args.pop(0) if mask_tm is not None else None
         old = {name: args.pop(0) for name in state_names}
-        leaves.update({("state", k): v for k, v in old.items()})
         leaves.update({("param", k): args.pop(0) for k in non_seq_names})
+        if r is not None:  # back to the initial value before a new document
+            for name, value in old.items():
+                spec = cell.states[name]
+                fresh = (
+                    leaves[("param", f"{name}0")]
+                    if spec.init == "learned"
+                    else np.asarray(spec.value, dtype)
+                )
+                old[name] = pt.switch(_per_example(r, value), fresh, value)
+        leaves.update({("state", k): v for k, v in old.items()})
         values = lower_nodes(step_roots, leaves, dtype)
         new = values[: len(state_names)]
         outs = values[len(state_names) :]
         if m is not None:
+            zero = np.asarray(0, dtype)
             new = [
-                pt.switch(m.dimshuffle(0, *["x"] * (n.ndim - 1)), n, old[name])
+                pt.switch(_per_example(m, n), n, old[name])
                 for name, n in zip(state_names, new, strict=True)
             ]
-            outs = [o * m.dimshuffle(0, *["x"] * (o.ndim - 1)) for o in outs]
+            outs = [pt.switch(_per_example(m, o), o, zero) for o in outs]
         new = [
             pt.specify_shape(n, o.type.shape) if n.type.shape != o.type.shape else n
             for n, o in zip(new, init, strict=True)
         ]
         return [*new, *outs]
 
-    results = pytensor.scan(
-        step,
-        sequences=sequences,
-        outputs_info=[*init, *([None] * len(out_names))],
-        non_sequences=non_sequences,
-        go_backwards=reverse,
-        truncate_gradient=truncate_gradient,
-        strict=True,
-        return_updates=False,
-        return_list=True,
-    )
-    state_seqs = dict(zip(state_names, results[: len(state_names)], strict=True))
-    out_seqs = dict(zip(out_names, results[len(state_names) :], strict=True))
+    if checkpoint is not None:
+        finals_list, out_list, state_list = _segmented_scan(
+            step,
+            sequences,
+            init,
+            len(out_names),
+            non_sequences,
+            checkpoint,
+            reverse,
+            keep_states=bool(cell.postcompute),
+        )
+    else:
+        results = pytensor.scan(
+            step,
+            sequences=sequences,
+            outputs_info=[*init, *([None] * len(out_names))],
+            non_sequences=non_sequences,
+            n_steps=None if sequences else time,
+            go_backwards=reverse,
+            truncate_gradient=truncate_gradient,
+            strict=True,
+            return_updates=False,
+            return_list=True,
+        )
+        state_list = results[: len(state_names)]
+        out_list = results[len(state_names) :]
+        finals_list = [v[-1] for v in state_list]
+    finals = dict(zip(state_names, finals_list, strict=True))
+    state_seqs = dict(zip(state_names, state_list, strict=False))
+    out_seqs = dict(zip(out_names, out_list, strict=True))
     if reverse:  # scan returns steps in processing order; give them back in time order
         state_seqs = {k: v[::-1] for k, v in state_seqs.items()}
         out_seqs = {k: v[::-1] for k, v in out_seqs.items()}
-
-    finals = {k: (v[0] if reverse else v[-1]) for k, v in state_seqs.items()}
 
     # outputs that need only the new state and the inputs, computed after the loop
     post_leaves = {**param_leaves, **{("input", k): v for k, v in inputs_tm.items()}}
@@ -300,8 +454,12 @@ def scan_cell(
     post_leaves |= {("new", k): v for k, v in state_seqs.items()}
     post = _over_all_steps(cell.postcompute, post_leaves, dtype)
     if mask is not None and post:
-        m = pt.cast(_time_major(mask), dtype)
-        post = {k: v * m.dimshuffle(0, 1, *["x"] * (v.ndim - 2)) for k, v in post.items()}
+        m = mask_tm
+        zero = np.asarray(0, dtype)
+        post = {
+            k: pt.switch(m.dimshuffle(0, 1, *["x"] * (v.ndim - 2)), v, zero)
+            for k, v in post.items()
+        }
     out_seqs.update(post)
     return ScanResult(
         outputs={k: _batch_major(v) for k, v in out_seqs.items()},
