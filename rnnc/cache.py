@@ -125,6 +125,54 @@ def configure_jax() -> Path | None:
     return Path(jax.config.jax_compilation_cache_dir)
 
 
+def patch_jax_sum() -> None:
+    """Work around PyTensor 3.0's JAX ``Sum``, which returns its float64 accumulator
+    instead of the float32 result its type promises; inside a scan gradient that
+    breaks ``lax.scan`` (carry dtypes differ) for every parameter broadcast in the
+    loop (a bias). The patch casts the result to the declared dtype."""
+    from pytensor.link.jax.dispatch import jax_funcify
+    from pytensor.tensor.math import Sum
+
+    original = jax_funcify.dispatch(Sum)
+    if getattr(original, "_rnnc_cast", False):
+        return
+
+    def funcify_sum(op: Any, node: Any = None, **kwargs: Any) -> Callable:
+        fn = original(op, node=node, **kwargs)
+        if node is None:
+            return fn
+        dtype = node.outputs[0].dtype
+
+        def sum_cast(*args: Any) -> Any:
+            return fn(*args).astype(dtype)
+
+        return sum_cast
+
+    funcify_sum._rnnc_cast = True  # type: ignore[attr-defined]
+    jax_funcify.register(Sum)(funcify_sum)
+
+
+def reject_truncated_scan_on_jax(outputs: Any) -> None:
+    """Raise :class:`~rnnc.errors.OptionError` if a graph for the JAX backend holds a
+    scan with a truncated gradient: PyTensor's JAX scan crashes on one that is
+    shorter than the sequence."""
+    from pytensor.graph.traversal import ancestors
+    from pytensor.scan.op import Scan
+
+    from rnnc.errors import OptionError
+
+    outs = outputs if isinstance(outputs, list | tuple) else [outputs]
+    for var in ancestors([o for o in outs if o is not None]):
+        op = getattr(var.owner, "op", None) if var.owner else None
+        if isinstance(op, Scan) and op.truncate_gradient != -1:
+            raise OptionError(
+                f"the JAX backend cannot take a truncated gradient "
+                f"(truncate_gradient={op.truncate_gradient}): PyTensor's JAX scan crashes on it",
+                fix="use backend='c' or 'numba' for truncated back-propagation through time, "
+                "or truncate_gradient=-1 with JAX",
+            )
+
+
 def configure(backend: str) -> None:
     """Set up the caches and libraries ``backend`` uses (once per process)."""
     if backend in _configured:
@@ -134,6 +182,7 @@ def configure(backend: str) -> None:
         configure_blas()
     elif backend == "jax":
         configure_jax()
+        patch_jax_sum()
 
 
 # ---------------------------------------------------------------- rnnc's own cache
