@@ -149,7 +149,14 @@ def function(
     updates: Any = None,
     **kwargs: Any,
 ) -> pytensor.compile.function.types.Function:
-    """``pytensor.function`` with the mode of ``backend``."""
+    """``pytensor.function`` with the mode of ``backend`` (its caches and BLAS set up
+    by :func:`rnnc.cache.configure`; see docs/backends.md)."""
+    from rnnc import cache
+
+    backend = check_backend(backend or default_backend())
+    cache.configure(backend)
+    if backend == "jax":
+        cache.reject_truncated_scan_on_jax(outputs)
     return pytensor.function(
         list(inputs),
         outputs,
