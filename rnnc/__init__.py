@@ -10,14 +10,16 @@
 from rnnc.compile import load_cell, parse
 from rnnc.errors import RnncError, RnncWarning
 from rnnc.ir import CellIR
-from rnnc.layers import Recurrent, RecurrentOutput
+from rnnc.layers import Bidirectional, Recurrent, RecurrentOutput, Stack
 
 __all__ = [
+    "Bidirectional",
     "CellIR",
     "Recurrent",
     "RecurrentOutput",
     "RnncError",
     "RnncWarning",
+    "Stack",
     "load_cell",
     "parse",
 ]
