@@ -16,7 +16,7 @@ from rnnc.errors import RnncError
 __all__ = ["COMMANDS", "main"]
 
 #: Subcommands, in the order ``rnnc --help`` lists them.
-COMMANDS = ["check", "show", "bench", "doctor"]
+COMMANDS = ["check", "show", "train", "sample", "bench", "doctor"]
 
 
 def build_parser() -> argparse.ArgumentParser:

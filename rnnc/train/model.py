@@ -1,0 +1,306 @@
+"""A character (token) language model: input code, stacked recurrent layers,
+dropout between them, a dense softmax head; and the functions compiled from it.
+
+The model is char-rnn's: one-hot inputs (or an embedding), ``num_layers`` recurrent
+layers of any cell, dropout on the input of every layer but the first and before
+the head, and a linear layer to the vocabulary. Each layer is its own
+:class:`rnnc.Recurrent` fed the output of the one below, with its own initial state.
+
+>>> model = LanguageModel("lstm", vocab_size=65, rnn_size=128, num_layers=2)
+>>> fns = model.compile(RMSprop(2e-3), backend="c")
+>>> loss, grad_norm, states = fns.train(x, y, model.zero_state(50))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.compile import SharedVariable
+
+from rnnc import ir
+from rnnc.compile import function, load_cell, parse
+from rnnc.errors import CheckpointError, OptionError
+from rnnc.layers import Recurrent
+from rnnc.nn import Dense, Dropout, Embedding, one_hot, sequence_cross_entropy
+from rnnc.train.optim import Optimizer
+
+__all__ = ["CompiledModel", "LanguageModel", "State"]
+
+#: The carried state of a model: per layer, state name -> ``[batch, ...]`` array.
+State = list[dict[str, np.ndarray]]
+
+
+def _dims(cell: ir.CellIR, in_size: int, hidden: int) -> tuple[dict[str, int], str]:
+    """The sizes of a cell's dimensions in a stack, and the name of its output.
+
+    The input's dimension gets ``in_size``; every other dimension gets ``hidden``.
+    """
+    if len(cell.inputs) != 1:
+        raise OptionError(
+            f"cell `{cell.name}` has {len(cell.inputs)} inputs; a language model needs one",
+            fix="write the cell with one input x: [I]",
+        )
+    (shape,) = cell.inputs.values()
+    if len(shape) != 1 or not isinstance(shape[0], str) or not shape[0].isidentifier():
+        raise OptionError(
+            f"the input of cell `{cell.name}` must be a vector [I] with a named dimension",
+            fix="declare the input as x: [I]",
+        )
+    sizes = {d: hidden for d in cell.dims()}
+    sizes[shape[0]] = in_size
+    out = "y" if "y" in cell.outputs else next(iter(cell.outputs))
+    if len(cell.outputs[out].shape) != 1:
+        raise OptionError(f"the output `{out}` of cell `{cell.name}` must be a vector")
+    return sizes, out
+
+
+class LanguageModel:
+    """Stacked recurrent layers over tokens, predicting the next token.
+
+    Parameters
+    ----------
+    cell
+        A built-in name, a ``.cell`` path, cell text or a cell object (anything
+        :func:`rnnc.load_cell` takes; text is parsed when it starts with ``cell``).
+    vocab_size
+        Number of distinct tokens.
+    rnn_size
+        Size of every dimension of the cell except its input's.
+    num_layers
+        Number of stacked layers.
+    dropout
+        Dropout probability between layers and before the head (char-rnn's).
+    embedding
+        0 feeds one-hot codes (char-rnn); n > 0 an embedding of size n.
+    dtype, seed
+        Parameter dtype; the seed of the initialisers and of dropout.
+    """
+
+    def __init__(
+        self,
+        cell: Any,
+        vocab_size: int,
+        rnn_size: int = 128,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        embedding: int = 0,
+        dtype: str = "float32",
+        seed: int = 123,
+    ) -> None:
+        if isinstance(cell, str) and cell.lstrip().startswith(("cell ", "#", '"""')):
+            cells = parse(cell, "<checkpoint>")
+            cell = next(iter(cells.values()))
+        self.cell = load_cell(cell)
+        if num_layers < 1:
+            raise OptionError(f"num_layers must be at least 1, not {num_layers}")
+        self.vocab_size = int(vocab_size)
+        self.rnn_size = int(rnn_size)
+        self.num_layers = int(num_layers)
+        self.embedding_size = int(embedding)
+        self.dtype = dtype
+        self.seed = int(seed)
+        self.embedding = (
+            Embedding(vocab_size, embedding, dtype=dtype, seed=seed, name="embedding")
+            if embedding
+            else None
+        )
+        in_size = embedding or vocab_size
+        self.layers: list[Recurrent] = []
+        self.output_name = "y"
+        for k in range(num_layers):
+            sizes, self.output_name = _dims(self.cell, in_size, rnn_size)
+            layer = Recurrent(self.cell, dtype=dtype, seed=seed + 1 + k, name=f"layer{k}", **sizes)
+            self.layers.append(layer)
+            in_size = ir.shape_size(self.cell.outputs[self.output_name].shape, layer.sizes)[0]
+        self.head = Dense(in_size, vocab_size, dtype=dtype, seed=seed + 100, name="head")
+        self.dropout = Dropout(dropout, seed=seed + 200)
+
+    # ---------------------------------------------------------------- description
+    def options(self) -> dict[str, Any]:
+        """What rebuilds the same model (checkpoints store it)."""
+        return {
+            "cell_name": self.cell.name,
+            "cell_source": self.cell.source,
+            "vocab_size": self.vocab_size,
+            "rnn_size": self.rnn_size,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout.p,
+            "embedding": self.embedding_size,
+            "dtype": self.dtype,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> LanguageModel:
+        """The model :meth:`options` describes (with freshly initialised parameters)."""
+        source = options.get("cell_source") or options["cell_name"]
+        if source.lstrip().startswith(("cell ", "#", '"""')):
+            cells = parse(source, "<checkpoint>")
+            if options["cell_name"] not in cells:
+                raise CheckpointError(f"the checkpoint's cell text lacks `{options['cell_name']}`")
+            source = cells[options["cell_name"]]
+        return cls(
+            source,
+            options["vocab_size"],
+            rnn_size=options["rnn_size"],
+            num_layers=options["num_layers"],
+            dropout=options["dropout"],
+            embedding=options["embedding"],
+            dtype=options["dtype"],
+            seed=options["seed"],
+        )
+
+    @property
+    def params(self) -> dict[str, SharedVariable]:
+        """Every parameter, by a unique name (``layer0.W_ii``, ``head.W``, ...)."""
+        out: dict[str, SharedVariable] = {}
+        if self.embedding is not None:
+            out |= {f"embedding.{k}": v for k, v in self.embedding.params.items()}
+        for k, layer in enumerate(self.layers):
+            out |= {f"layer{k}.{n}": v for n, v in layer.params.items()}
+        out |= {f"head.{k}": v for k, v in self.head.params.items()}
+        return out
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter's value."""
+        return {k: v.get_value() for k, v in self.params.items()}
+
+    def set_params(self, values: dict[str, np.ndarray]) -> None:
+        """Set every parameter (names and shapes must match)."""
+        params = self.params
+        if set(values) != set(params):
+            missing = sorted(set(params) - set(values))
+            extra = sorted(set(values) - set(params))
+            raise CheckpointError(
+                f"parameters do not match the model (missing {missing[:3]}, extra {extra[:3]})"
+            )
+        for k, v in params.items():
+            old = v.get_value(borrow=True)
+            if values[k].shape != old.shape:
+                raise CheckpointError(
+                    f"parameter {k} has shape {values[k].shape}, model {old.shape}"
+                )
+            v.set_value(np.asarray(values[k], dtype=old.dtype))
+
+    def num_params(self) -> int:
+        return int(sum(v.get_value(borrow=True).size for v in self.params.values()))
+
+    def zero_state(self, batch: int) -> State:
+        """The initial (all-zero) carried state for ``batch`` sequences."""
+        out = []
+        for layer in self.layers:
+            out.append(
+                {
+                    n: np.zeros((batch, *ir.shape_size(s.shape, layer.sizes)), self.dtype)
+                    for n, s in self.cell.states.items()
+                }
+            )
+        return out
+
+    # ---------------------------------------------------------------- graphs
+    def forward(
+        self, ids: Any, state: Sequence[dict[str, Any]], training: bool = False
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """Logits ``[batch, time, vocab]`` for ``ids`` ``[batch, time]`` and the final
+        states, starting from ``state`` (one dict per layer)."""
+        x = self.embedding(ids) if self.embedding else one_hot(ids, self.vocab_size, self.dtype)
+        finals = []
+        for k, layer in enumerate(self.layers):
+            if k > 0:
+                x = self.dropout(x, training)
+            out = layer(x, initial_state=state[k])
+            x = out.outputs[self.output_name]
+            finals.append(out.state)
+        x = self.dropout(x, training)
+        return self.head(x), finals
+
+    def _state_vars(self, prefix: str = "") -> list[dict[str, Any]]:
+        out = []
+        for k, layer in enumerate(self.layers):
+            out.append(
+                {
+                    n: pt.tensor(
+                        f"{prefix}{n}{k}", dtype=self.dtype, shape=(None,) * (1 + len(s.shape))
+                    )
+                    for n, s in self.cell.states.items()
+                    if layer
+                }
+            )
+        return out
+
+    def compile(
+        self,
+        optimizer: Optimizer | None,
+        backend: str | None = None,
+        parts: Sequence[str] = ("train", "eval", "step"),
+    ) -> CompiledModel:
+        """Compile the training step (``"train"``, needs ``optimizer``), the evaluation
+        (``"eval"``) and the one-step sampling (``"step"``) functions."""
+        names = list(self.cell.states)
+        flat = lambda st: [s[n] for s in st for n in names]  # noqa: E731
+        x = pt.imatrix("x")
+        y = pt.imatrix("y")
+        train = evaluate = step = None
+        if "train" in parts:
+            if optimizer is None:
+                raise OptionError("compiling the training step needs an optimizer")
+            self.dropout.updates.clear()
+            s0 = self._state_vars()
+            logits, finals = self.forward(x, s0, training=True)
+            loss = sequence_cross_entropy(logits, y)
+            updates, norm = optimizer.updates(self.params, loss)
+            updates += list(self.dropout.updates.items())
+            train = function(
+                [x, y, *flat(s0)], [loss, norm, *flat(finals)], backend, updates=updates
+            )
+        if "eval" in parts:
+            s0 = self._state_vars()
+            logits, finals = self.forward(x, s0, training=False)
+            loss = sequence_cross_entropy(logits, y)
+            evaluate = function([x, y, *flat(s0)], [loss, *flat(finals)], backend)
+        if "step" in parts:
+            s0 = self._state_vars()
+            token = pt.ivector("token")
+            logits, finals = self.forward(token[:, None], s0, training=False)
+            step = function([token, *flat(s0)], [logits[:, 0, :], *flat(finals)], backend)
+        return CompiledModel(self, names, train, evaluate, step)
+
+
+@dataclass
+class CompiledModel:
+    """The compiled functions of a :class:`LanguageModel`, on NumPy arrays."""
+
+    model: LanguageModel
+    state_names: list[str]
+    train_fn: Any
+    eval_fn: Any
+    step_fn: Any
+
+    def _flat(self, state: State) -> list[np.ndarray]:
+        return [s[n] for s in state for n in self.state_names]
+
+    def _unflat(self, values: Sequence[np.ndarray]) -> State:
+        k = len(self.state_names)
+        return [
+            dict(zip(self.state_names, values[i : i + k], strict=True))
+            for i in range(0, len(values), k)
+        ]
+
+    def train(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, float, State]:
+        """One optimiser step on a batch; returns loss, gradient norm, final state."""
+        loss, norm, *rest = self.train_fn(x, y, *self._flat(state))
+        return float(loss), float(norm), self._unflat(rest)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, State]:
+        """The mean loss on a batch (no dropout, no update) and the final state."""
+        loss, *rest = self.eval_fn(x, y, *self._flat(state))
+        return float(loss), self._unflat(rest)
+
+    def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Logits ``[batch, vocab]`` of the next token after ``tokens`` ``[batch]``."""
+        logits, *rest = self.step_fn(np.asarray(tokens, np.int32), *self._flat(state))
+        return logits, self._unflat(rest)
