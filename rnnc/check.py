@@ -168,11 +168,21 @@ class _Unifier:
         return _canon(total)
 
 
+def _suggest(name: str, choices: list[str], what: str) -> str:
+    """``did you mean `tanh`? The built-in functions are: ...``"""
+    known = f"the {what} are: {', '.join(choices)}"
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f"did you mean `{close[0]}`? {known[0].upper()}{known[1:]}" if close else known
+
+
+def _either(words: list[str]) -> str:
+    """``["a", "b", "c"]`` -> ``"a, b or c"``."""
+    return words[-1] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
 def _count(counts: tuple[int, ...]) -> str:
     """``(0, 1, 2)`` -> ``"0, 1 or 2 arguments"``."""
-    words = [str(n) for n in counts]
-    text = words[-1] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
-    return f"{text} argument" + ("" if counts == (1,) else "s")
+    return f"{_either([str(n) for n in counts])} argument" + ("" if counts == (1,) else "s")
 
 
 #: The argument names of each initialiser, by the number of arguments, for messages.
@@ -195,6 +205,19 @@ def _name_span(call: ast.Call) -> Span:
     """The span of the function's name in a call."""
     s = call.span
     return Span(s.filename, s.line, s.column, s.line, s.column + len(call.func), s.text)
+
+
+def _names(expr: ast.Expr) -> list[str]:
+    """The names an expression reads, left to right."""
+    if isinstance(expr, ast.Name):
+        return [expr.id]
+    if isinstance(expr, ast.BinOp):
+        return _names(expr.left) + _names(expr.right)
+    if isinstance(expr, ast.Neg):
+        return _names(expr.operand)
+    if isinstance(expr, ast.Call):
+        return [n for a in expr.args for n in _names(a)]
+    return []
 
 
 def _param_name(expr: ast.Expr) -> str:
@@ -345,16 +368,14 @@ class _Checker:
         if init is None:
             return
         if init.name not in INITIALIZERS:
-            close = difflib.get_close_matches(init.name, INITIALIZERS, n=1)
-            hint = f"did you mean `{close[0]}`? " if close else ""
             raise UnknownNameError(
                 f"unknown initialiser `{init.name}`",
                 init.span,
-                f"{hint}use one of: {', '.join(INITIALIZERS)}",
+                _suggest(init.name, list(INITIALIZERS), "initialisers"),
             )
         if len(init.args) not in INITIALIZERS[init.name]:
             counts = INITIALIZERS[init.name]
-            forms = " or ".join(f"`~ {_initializer_form(init.name, n)}`" for n in counts)
+            forms = _either([f"`~ {_initializer_form(init.name, n)}`" for n in counts])
             raise ArgumentCountError(
                 f"initialiser `{init.name}` takes {_count(counts)}, not {len(init.args)}",
                 init.span,
@@ -442,10 +463,19 @@ class _Checker:
         if name in self.nexts:
             return self.nexts[name][1]
         if name not in self.states:
+            kind = (
+                "an input"
+                if name in self.inputs
+                else "a local value"
+                if name in self.bindings or name in self.assigned_later
+                else None
+            )
             raise UnknownNameError(
                 f"`{name}'` reads the next value of `{name}`, but `{name}` is not a state",
                 e.span,
-                f"declare the state (`state {name}: [H] = 0`) or drop the prime",
+                f"`{name}` is {kind}, which has no next value: write `{name}`"
+                if kind
+                else f"declare the state (`state {name}: [H] = 0`), or drop the prime",
             )
         if name in self.next_later:
             raise UseBeforeDefinitionError(
@@ -557,12 +587,10 @@ class _Checker:
 
     def type_call(self, e: ast.Call) -> ShapeTerm:
         if e.func not in FUNCTIONS:
-            close = difflib.get_close_matches(e.func, FUNCTIONS, n=1)
-            hint = f"did you mean `{close[0]}`? " if close else ""
             raise UnknownNameError(
                 f"unknown function `{e.func}`",
                 _name_span(e),
-                f"{hint}the built-in functions are: {', '.join(FUNCTIONS)}",
+                _suggest(e.func, list(FUNCTIONS), "built-in functions"),
             )
         op, arity = FUNCTIONS[e.func]
         if (arity is not None and len(e.args) != arity) or (arity is None and not e.args):
@@ -589,26 +617,38 @@ class _Checker:
     def type_concat(self, e: ast.Call, shapes: list[ShapeTerm]) -> ShapeTerm:
         resolved = [self.u.shape(s) for s in shapes]
         for arg, s in zip(e.args, resolved, strict=True):
-            if isinstance(s, _ShapeVar):
-                raise ShapeInferenceError(
-                    f"cannot infer the shape of `{_text(arg)}` inside concat",
-                    arg.span,
-                    f"declare the parameter with its shape, e.g. `param {_param_name(arg)}: [H]`",
-                )
-            if len(s) != 1:
+            if isinstance(s, tuple) and len(s) != 1:
                 raise ShapeMismatchError(
                     f"concat joins vectors, but `{_text(arg)}` has shape {_show(s)}",
                     arg.span,
                     "pass vectors only; a parameter can be declared as one, e.g. `param k: [1]`",
                 )
+            if isinstance(s, _ShapeVar) or isinstance(s[0], _DimVar):
+                unknown = [n for n in _names(arg) if not self.is_complete(n)] or ["W"]
+                raise ShapeInferenceError(
+                    f"cannot infer the length of `{_text(arg)}` inside concat (so far {_show(s)})",
+                    arg.span,
+                    "concat needs the shapes of its arguments where it stands: "
+                    f"declare {self.declaration(unknown[0])}",
+                )
         total = self.u.sum_dims([s[0] for s in resolved])
-        if total is None:
-            raise ShapeInferenceError(
-                "cannot infer the size of the concatenation",
-                e.span,
-                "declare the shapes of the parameters inside concat",
-            )
+        assert total is not None
         return (total,)
+
+    def is_complete(self, name: str) -> bool:
+        """Whether ``name`` is not a parameter with a shape still (partly) unknown."""
+        if name not in self.params:
+            return True
+        shape = self.u.shape(self.params[name].shape)
+        return isinstance(shape, tuple) and not any(isinstance(d, _DimVar) for d in shape)
+
+    def declaration(self, name: str) -> str:
+        """A ``param`` line that would give ``name`` a complete shape, for messages."""
+        shape = self.u.shape(self.params[name].shape) if name in self.params else _ShapeVar()
+        if isinstance(shape, tuple):
+            dims = ", ".join("N" if isinstance(d, _DimVar) else str(d) for d in shape)
+            return f"`param {name}: [{dims}]`, N standing for the size you mean"
+        return f"`param {name}: [H]`"
 
     # ---- statements
     def run(self) -> ir.CellIR:
@@ -698,11 +738,6 @@ class _Checker:
                         f"use it, give it a shape (`param {name}: [H]`) or delete the line",
                     )
                 continue
-            if isinstance(shape, tuple):
-                dims = ", ".join("N" if isinstance(d, _DimVar) else str(d) for d in shape)
-                example = f"`param {name}: [{dims}]`, N standing for the size you mean"
-            else:
-                example = f"`param {name}: [H]`"
             notes = ()
             stmt = param.statement
             if stmt and not stmt.primed and stmt.target not in self.used | set(self.outputs):
@@ -710,7 +745,7 @@ class _Checker:
             raise ShapeInferenceError(
                 f"cannot infer the shape of parameter `{name}` (so far {_show(shape)})",
                 param.uses[0],
-                f"declare it with its shape, e.g. {example}",
+                f"declare it with its shape, e.g. {self.declaration(name)}",
                 notes=notes,
             )
         for name, port in self.inputs.items():

@@ -131,6 +131,10 @@ _SYNTAX_EXAMPLES: dict[tuple[str, str], list[str]] = {
         "add the statements that compute the next states and outputs",
     ): [_BODY + '"""A docstring."""\n'],
     (
+        "a string can only be the docstring, on the first line of a cell's body",
+        "write remarks as comments: `# ...`",
+    ): [_BODY + '"""A docstring."""\n    "More."\n', _BODY + 'y = x\n    "Doc."\n'],
+    (
         "a state needs a shape and an initial value",
         "write `state h: [H] = 0` (or `= learned`)",
     ): [
@@ -277,19 +281,20 @@ def _context(exc: UnexpectedToken) -> tuple[int, frozenset[str]]:
 
 
 @functools.cache
-def _example_table() -> dict[tuple[int, frozenset[str]], dict[str, tuple[str, str]]]:
+def _example_table(parser: Lark) -> dict[tuple[int, frozenset[str]], dict[str, tuple[str, str]]]:
     """``context -> {token type: (message, fix)}``; the type ``""`` stands for any.
 
-    This is Lark's ``match_examples`` computed once: its own comparison also wants the
-    parse stack of the same depth, which differs with optional parts before the error
-    (a docstring, the ports of the header), so an example would match only a text
-    shaped exactly like it.
+    This is Lark's ``match_examples`` computed once per parser (the numbers of the
+    parser states differ from one build of the grammar to the next). Lark's own
+    comparison also wants the parse stack of the same depth, which differs with optional
+    parts before the error (a docstring, the ports of the header), so an example would
+    match only a text shaped exactly like it.
     """
     table: dict[tuple[int, frozenset[str]], dict[str, tuple[str, str]]] = {}
     for label, examples in _SYNTAX_EXAMPLES.items():
         for text in examples:
             try:
-                _lark().parse(text)
+                parser.parse(text)
             except UnexpectedToken as exc:
                 by_type = table.setdefault(_context(exc), {})
                 by_type.setdefault(exc.token.type, label)
@@ -297,8 +302,8 @@ def _example_table() -> dict[tuple[int, frozenset[str]], dict[str, tuple[str, st
     return table
 
 
-def _match_example(exc: UnexpectedToken) -> tuple[str, str] | None:
-    by_type = _example_table().get(_context(exc), {})
+def _match_example(exc: UnexpectedToken, parser: Lark) -> tuple[str, str] | None:
+    by_type = _example_table(parser).get(_context(exc), {})
     return by_type.get(exc.token.type) or by_type.get("")
 
 
@@ -352,11 +357,15 @@ def _unclosed_bracket(text: str, span: Span) -> tuple[int, int] | None:
     return None
 
 
-def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> CellSyntaxError:
+def _syntax_error(exc: UnexpectedInput, parser: Lark, text: str, filename: str) -> CellSyntaxError:
     span = _error_span(exc, text, filename)
     token = getattr(exc, "token", None)
     if isinstance(exc, UnexpectedCharacters):
-        char = span.source_line()[span.column - 1 : span.column]
+        line = span.source_line()
+        char = line[span.column - 1 : span.column]
+        if char == '"':  # the lexer read `""` as an empty string: point at the first quote
+            start = len(line[: span.column - 1].rstrip('"')) + 1
+            span = Span(filename, span.line, start, span.line, start + 3, text)
         message, fix = _BAD_CHARACTERS.get(
             char,
             (
@@ -381,7 +390,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> CellSyntaxE
             span,
             "indent every statement of a cell body by the same amount",
         )
-    found = _match_example(exc) if isinstance(exc, UnexpectedToken) else None
+    found = _match_example(exc, parser) if isinstance(exc, UnexpectedToken) else None
     if found is not None:
         message, fix = found
         return CellSyntaxError(message, span, fix)
@@ -563,10 +572,11 @@ def parse_module(text: str, filename: str = "<string>") -> ast.Module:
     Raises :class:`CellSyntaxError` with the line and column of the first error.
     """
     source = text if text.endswith("\n") else text + "\n"
+    parser = _lark()
     try:
-        tree = _lark().parse(source)
+        tree = parser.parse(source)
     except UnexpectedInput as exc:
-        raise _syntax_error(exc, source, filename) from None
+        raise _syntax_error(exc, parser, source, filename) from None
     except DedentError as exc:
         raise _dedent_error(exc, source, filename) from None
     try:
