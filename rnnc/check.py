@@ -34,7 +34,7 @@ from rnnc.errors import (
 )
 from rnnc.lang import ast
 
-__all__ = ["FUNCTIONS", "INITIALIZERS", "check_cell", "check_module"]
+__all__ = ["FUNCTIONS", "INITIALIZERS", "check_cell", "check_module", "local_values"]
 
 #: Built-in functions: name -> (IR op, number of arguments, None for any).
 FUNCTIONS: dict[str, tuple[str, int | None]] = {
@@ -651,7 +651,8 @@ class _Checker:
         return f"`param {name}: [H]`"
 
     # ---- statements
-    def run(self) -> ir.CellIR:
+    def run(self) -> _Builder:
+        """Check the cell; the builder that is returned makes its IR."""
         self.declare()
         for stmt in self.cell.body:
             if not isinstance(stmt, ast.Assign):
@@ -670,7 +671,7 @@ class _Checker:
                     self.check_declared(stmt, shape)
                 self.bindings[stmt.target] = (stmt, shape)
         self.finish()
-        return _Builder(self).build()
+        return _Builder(self)
 
     def not_a_state(self, stmt: ast.Assign) -> None:
         name = stmt.target
@@ -836,7 +837,15 @@ class _Builder:
 
 def check_cell(cell: ast.Cell) -> ir.CellIR:
     """Check one cell and return its IR, or raise an :class:`~rnnc.errors.RnncError`."""
-    return _Checker(cell).run()
+    return _Checker(cell).run().build()
+
+
+def local_values(cell: ast.Cell) -> dict[str, ir.Node]:
+    """The IR node of each local value of a cell (outputs included), by name, in the
+    order of the body: for labelling the IR where people read it (``rnnc show``)."""
+    builder = _Checker(cell).run()
+    builder.build()
+    return dict(builder.values)
 
 
 def check_module(module: ast.Module) -> dict[str, ir.CellIR]:

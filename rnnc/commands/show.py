@@ -1,0 +1,185 @@
+"""``rnnc show FILE.cell``: what rnnc made of a cell.
+
+::
+
+    $ rnnc show gru.cell --dims I=64,H=256
+
+prints, for each cell of the file (or the one ``--cell`` names; a built-in cell's name
+such as ``lstm`` works too): the header and docstring, the inferred shape of every
+name (inputs, states, parameters with their initialisers, local values, next states,
+outputs), and the IR of one step, one node per line. With ``--dims`` it also gives
+each shape in numbers and counts the parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rnnc import ir
+from rnnc.check import local_values
+from rnnc.commands.check import load_cells, plural
+from rnnc.errors import MissingDimensionError, UnknownDimensionError, UnknownNameError
+from rnnc.ir_format import format_ir, format_signature, format_value
+from rnnc.lang.parser import parse_module
+
+__all__ = ["add_parser", "format_cell", "parse_dims", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "show",
+        help="show the inferred shapes, parameters and IR of a cell",
+        description=(
+            "Show what rnnc infers for each cell of FILE (a .cell file or a built-in "
+            "cell): the shape of every name, the parameters, and the IR of one step."
+        ),
+    )
+    p.add_argument("file", metavar="FILE", help="a .cell file or a built-in cell (e.g. lstm)")
+    p.add_argument("--cell", metavar="NAME", help="show only this cell of the file")
+    p.add_argument(
+        "--dims",
+        metavar="I=64,H=256",
+        type=parse_dims,
+        help="sizes of the dimensions: shapes in numbers and the parameter count",
+    )
+    return p
+
+
+def parse_dims(text: str) -> dict[str, int]:
+    """``"I=64,H=256"`` -> ``{"I": 64, "H": 256}``."""
+    sizes: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if not name.isidentifier() or not value.strip().isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not NAME=SIZE with a positive whole SIZE (write e.g. I=64,H=256)"
+            )
+        sizes[name] = int(value)
+    return sizes
+
+
+def _check_sizes(cells: list[ir.CellIR], sizes: Mapping[str, int]) -> None:
+    known = set().union(*(c.dims() for c in cells))
+    if unknown := sorted(set(sizes) - known):
+        raise UnknownDimensionError(
+            f"no cell shown has a dimension {', '.join(unknown)}",
+            fix=f"the dimensions are: {', '.join(sorted(known)) or 'none'}",
+        )
+    for cell in cells:
+        if missing := sorted(cell.dims() - set(sizes)):
+            raise MissingDimensionError(
+                f"cell `{cell.name}` needs the size of {', '.join(missing)}",
+                fix="give every dimension: --dims "
+                + ",".join(f"{d}={sizes.get(d, 64)}" for d in sorted(cell.dims())),
+            )
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    """Rows of cells, indented by two, each column as wide as its widest cell; a column
+    of numbers is aligned to the right."""
+    columns = list(zip(*rows, strict=True))
+    widths = [max(map(len, column)) for column in columns]
+    numeric = [all(c.replace(",", "").isdigit() for c in column) for column in columns]
+    lines = []
+    for row in rows:
+        cells = zip(row, widths, numeric, strict=True)
+        lines.append("  " + "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in cells))
+    return [line.rstrip() for line in lines]
+
+
+def format_cell(
+    cell: ir.CellIR,
+    sizes: Mapping[str, int] | None = None,
+    locals_: Mapping[str, ir.Node] | None = None,
+) -> str:
+    """The text ``rnnc show`` prints for one cell."""
+    locals_ = locals_ or {}
+
+    def shape(s: ir.Shape) -> list[str]:
+        cols = [ir.format_shape(s)]
+        if sizes is not None:
+            cols.append(ir.format_shape(ir.shape_size(s, sizes)))
+        return cols
+
+    out = [f"cell {format_signature(cell)}"]
+    if cell.doc:
+        out += ["  " + line if line else "" for line in cell.doc.splitlines()]
+    dims = sorted(cell.dims())
+    if sizes is not None:
+        dims = [f"{d}={sizes[d]}" for d in dims]
+    out += ["", f"dimensions: {', '.join(dims) or 'none'}"]
+
+    sections: list[tuple[str, list[list[str]]]] = [
+        ("inputs", [[n, *shape(s)] for n, s in cell.inputs.items()]),
+        ("states", [[n, *shape(s.shape), _initial(n, s)] for n, s in cell.states.items()]),
+    ]
+    params = [
+        [n, *shape(p.shape), *_count(p.shape, sizes), _init(p)] for n, p in cell.params.items()
+    ]
+    title = f"parameters: {len(params)}"
+    if sizes is not None:
+        total = sum(math.prod(ir.shape_size(p.shape, sizes)) for p in cell.params.values())
+        title = f"parameters: {plural(len(params), 'tensor')}, {plural(total, 'number')}"
+    sections.append((title, params))
+    sections.append(("local values", [[n, *shape(node.shape)] for n, node in locals_.items()]))
+    sections.append(("next states", [[f"{n}'", *shape(s.shape)] for n, s in cell.states.items()]))
+    sections.append(("outputs", [[n, *shape(s)] for n, s in cell.output_shapes().items()]))
+    for title, rows in sections:
+        out.append(title)
+        out += _table(rows) if rows else ["  (none)"]
+
+    labels: dict[ir.Node, list[str]] = {}
+    for name, node in locals_.items():
+        labels.setdefault(node, []).append(name)
+    out += ["", "step, for one example (* marks values that depend on a state):"]
+    out.append(format_ir(cell, {node: ", ".join(names) for node, names in labels.items()}))
+    return "\n".join(out)
+
+
+def _initial(name: str, state: ir.StateSpec) -> str:
+    return f"= learned ({name}0)" if state.init == "learned" else f"= {format_value(state.value)}"
+
+
+def _init(param: ir.ParamSpec) -> str:
+    if param.init is None:
+        return "~ glorot (default)" if len(param.shape) >= 2 else "~ zeros (default)"
+    args = f"({', '.join(format_value(a) for a in param.args)})" if param.args else ""
+    return f"~ {param.init}{args}"
+
+
+def _count(shape: ir.Shape, sizes: Mapping[str, int] | None) -> list[str]:
+    return [] if sizes is None else [f"{math.prod(ir.shape_size(shape, sizes)):,}"]
+
+
+def _locals(path: Path, name: str) -> dict[str, ir.Node]:
+    """The local values of cell ``name`` in ``path``, to label the IR with."""
+    module = parse_module(path.read_text(encoding="utf-8"), str(path))
+    cell = next(c for c in module.cells if c.name == name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reported once already, by load_cells
+        return local_values(cell)
+
+
+def run(args: argparse.Namespace) -> int:
+    path, cells, found = load_cells(args.file)
+    for warning in found:
+        print(warning, file=sys.stderr)
+    if args.cell is not None:
+        if args.cell not in cells:
+            raise UnknownNameError(
+                f"{args.file} has no cell named {args.cell!r}",
+                fix=f"the cells there are: {', '.join(cells)}",
+            )
+        cells = {args.cell: cells[args.cell]}
+    if args.dims is not None:
+        _check_sizes(list(cells.values()), args.dims)
+    texts = [format_cell(c, args.dims, _locals(path, name)) for name, c in cells.items()]
+    print("\n\n".join(texts))
+    return 0
