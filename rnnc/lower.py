@@ -176,6 +176,9 @@ def _over_all_steps(
 ) -> dict[str, TensorVariable]:
     """Compute example-level nodes for every step at once.
 
+    Reshapes leave the last axis as ``-1``: its size may come from a parameter's
+    (dynamic) shape, which JAX cannot trace into a static shape.
+
     ``leaves`` are time-major ``[T, B, ...]`` (batched) or parameters; time and batch
     are flattened into one leading axis, so ``x_t @ W`` for all t is one product.
     """
@@ -187,7 +190,7 @@ def _over_all_steps(
         k: (
             v
             if k[0] == "param"
-            else v.reshape((time * batch, *[v.shape[i] for i in range(2, v.ndim)]))
+            else v.reshape((time * batch, *[v.shape[i] for i in range(2, v.ndim - 1)], -1)[: v.ndim - 1])
         )
         for k, v in leaves.items()
     }
@@ -196,7 +199,7 @@ def _over_all_steps(
     for (name, node), value in zip(nodes.items(), values, strict=True):
         if not node.batched:  # constant over time and batch: broadcast it
             value = pt.broadcast_to(value, (time * batch, *value.shape))
-        out[name] = value.reshape((time, batch, *[value.shape[i] for i in range(1, value.ndim)]))
+        out[name] = value.reshape((time, batch, *[value.shape[i] for i in range(1, value.ndim - 1)], -1)[: value.ndim + 1])
     return out
 
 
