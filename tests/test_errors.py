@@ -692,6 +692,7 @@ def test_syntax_example_gets_its_own_message(label: tuple[str, str], example: st
             "a statement must be `name = expression`, `name' = expression`, `state ...` or `param ...`",
         ),
         ("y = x < 1 < 2", "a comparison cannot be chained"),
+        ("state h: [H] = learned learned", "unexpected `learned`: expected the end of the line"),
         ("y = x (x) x", "two values stand side by side without an operator"),
     ],
 )
@@ -709,6 +710,14 @@ def test_unclosed_docstring():
         parse_module('cell c(x: [I]) -> (y: [I]):\n    """A docstring\n    y = x\n', "t.cell")
     assert (info.value.line, info.value.column) == (2, 5)
     assert info.value.message == "a string is not closed"
+
+
+def test_byte_order_mark_and_windows_line_ends_are_read():
+    text = '\ufeffcell a(x: [H]) -> (y: [H]):\r\n    """Doc."""\r\n    y = x\r\n'
+    assert rnnc.parse(text)["a"].doc == "Doc."
+    with pytest.raises(CellSyntaxError) as info:
+        rnnc.parse(text.replace("y = x", "y = x +"), "t.cell")
+    assert (info.value.line, info.value.column) == (3, 12)
 
 
 def test_syntax_error_at_the_end_of_the_file():

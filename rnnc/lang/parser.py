@@ -2,7 +2,8 @@
 
 The grammar is ``grammar/cell.lark`` at the top of the repository; a wheel carries it
 as ``rnnc/_grammar/cell.lark``. Syntax errors become :class:`CellSyntaxError` with the
-place and a friendly message chosen by Lark's ``match_examples``.
+place and a friendly message, chosen by matching the parser's state at the error against
+a table of typical mistakes (the idea of Lark's ``match_examples``).
 """
 
 from __future__ import annotations
@@ -339,22 +340,21 @@ def _error_span(exc: UnexpectedInput, text: str, filename: str) -> Span:
     return Span(filename, line, column, line, column + width, text)
 
 
-def _unclosed_bracket(text: str, span: Span) -> tuple[int, int] | None:
-    """The line and column of a ``(`` or ``[`` still open at ``span`` and opened on an
-    earlier line (inside brackets a line break does not end the statement)."""
-    stack: list[tuple[int, int, str]] = []
-    for number, line in enumerate(text.splitlines()[: span.line], 1):
-        stop = span.column - 1 if number == span.line else len(line)
-        for column, char in enumerate(line[:stop], 1):
-            if char == "#":
+def _unclosed_bracket(parser: Lark, text: str, span: Span) -> Token | None:
+    """The ``(`` or ``[`` still open at ``span``, if it was opened on an earlier line
+    (inside brackets a line break does not end the statement)."""
+    stack: list[Token] = []
+    try:
+        for token in parser.lex(text):
+            if (token.line, token.column) >= (span.line, span.column):
                 break
-            if char in "([":
-                stack.append((number, column, char))
-            elif char in ")]" and stack:
+            if token.type in ("LPAR", "LSQB"):
+                stack.append(token)
+            elif token.type in ("RPAR", "RSQB") and stack:
                 stack.pop()
-    if stack and stack[-1][0] < span.line:
-        return stack[-1][0], stack[-1][1]
-    return None
+    except (UnexpectedInput, DedentError):  # the text after the error need not lex
+        pass
+    return stack[-1] if stack and stack[-1].line < span.line else None
 
 
 def _syntax_error(exc: UnexpectedInput, parser: Lark, text: str, filename: str) -> CellSyntaxError:
@@ -374,12 +374,11 @@ def _syntax_error(exc: UnexpectedInput, parser: Lark, text: str, filename: str) 
             ),
         )
         return CellSyntaxError(message, span, fix)
-    if (opened := _unclosed_bracket(text, span)) is not None:
-        line, column = opened
-        bracket = text.splitlines()[line - 1][column - 1]
-        closer = ")" if bracket == "(" else "]"
+    if (opened := _unclosed_bracket(parser, text, span)) is not None:
+        line, column = opened.line, opened.column
+        closer = ")" if opened == "(" else "]"
         return CellSyntaxError(
-            f"this `{bracket}` is never closed",
+            f"this `{opened}` is never closed",
             Span(filename, line, column, line, column + 1, text),
             f"add the `{closer}` that closes it at the end of its statement",
             notes=((span, "the statement was still open here"),),
@@ -397,7 +396,8 @@ def _syntax_error(exc: UnexpectedInput, parser: Lark, text: str, filename: str) 
     expected = sorted({_describe(t) for t in getattr(exc, "expected", ()) or ()})
     what = _found(token) if isinstance(token, Token) else "text"
     if 0 < len(expected) <= 4:
-        message = f"unexpected {what}: expected {' or '.join(expected)}"
+        head = [", ".join(expected[:-1])] if len(expected) > 1 else []
+        message = f"unexpected {what}: expected {' or '.join([*head, expected[-1]])}"
     else:
         message = f"unexpected {what} here"
     return CellSyntaxError(message, span, "compare with the examples in grammar/README.md")
@@ -571,6 +571,7 @@ def parse_module(text: str, filename: str = "<string>") -> ast.Module:
 
     Raises :class:`CellSyntaxError` with the line and column of the first error.
     """
+    text = text.removeprefix("\ufeff")  # the byte-order mark some editors write
     source = text if text.endswith("\n") else text + "\n"
     parser = _lark()
     try:
