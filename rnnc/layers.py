@@ -775,7 +775,8 @@ class Recurrent(SequenceLayer):
         for pname, spec in self.cell.params.items():
             shape = ir.shape_size(spec.shape, self.sizes)
             value = initialize(spec.init, spec.args, shape, rng).astype(dtype)
-            self.params[pname] = pytensor.shared(value, name=f"{self.name}.{pname}")
+            static = tuple(n if n != 1 else None for n in value.shape)  # JAX needs static shapes
+            self.params[pname] = pytensor.shared(value, name=f"{self.name}.{pname}", shape=static)
 
     # ---------------------------------------------------------------- set-up
     def _check_dims(self, dims: Mapping[str, int]) -> dict[str, int]:
@@ -903,7 +904,9 @@ class Recurrent(SequenceLayer):
             reset=loop.reset,
             checkpoint=checkpoint,
         )
-        outputs = {k: v for k, v in result.outputs.items() if not k.startswith(passes.SAVED_PREFIX)}
+        # in the cell's order (the passes move some after the loop), without the
+        # values the passes save for the backward pass
+        outputs = {k: result.outputs[k] for k in self.output_shapes}
         return RecurrentOutput(outputs, result.state)
 
     # ---------------------------------------------------------------- PyTorch
@@ -1244,7 +1247,7 @@ class Stack(SequenceLayer):
         out = None
         for i, layer in enumerate(self.layers):
             if out is not None:
-                y = next(iter(out.outputs.values()))
+                y = out.outputs[next(iter(self.layers[i - 1].output_shapes))]
                 if loop.training and self.dropout > 0:
                     if rng is None:
                         rng = next_rng = pt.random.shared_rng(
