@@ -139,7 +139,10 @@ RESUMABLE = frozenset(
 
 @dataclass
 class TrainResult:
-    """What a run did: steps and epochs reached, losses, checkpoints, timings."""
+    """What a run did: steps and epochs reached, losses, checkpoints, timings, and
+    the trained model with its compiled functions and vocabulary (a later run with the
+    same model options in this process reuses and so changes that model; reload a
+    checkpoint to keep one)."""
 
     steps: int
     epoch: float
@@ -367,6 +370,14 @@ class _Run:
             seed=seed,
         )
 
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        where = f"{self.last}" if self.last else "none was written yet"
+        return TrainingDivergedError(
+            f"{what}; training stopped. The last good checkpoint: {where}",
+            fix="lower --lr, or clip the gradients (--grad-clip, --clip-norm), "
+            "then resume from the last good checkpoint",
+        )
+
     def _log_row(self, writer: Any, **row: Any) -> None:
         writer.writerow({k: row.get(k, "") for k in self.COLUMNS})
 
@@ -417,13 +428,9 @@ class _Run:
                 loss, norm, state = self.compiled.train(x, y, self.state)
                 dt = time.perf_counter() - t0
                 if not (math.isfinite(loss) and math.isfinite(norm)):
-                    where = f"{self.last}" if self.last else "none was written yet"
-                    raise TrainingDivergedError(
+                    raise self._diverged(
                         f"the training loss became {loss} (gradient norm {norm}) at step "
-                        f"{self.step + 1}, epoch {(self.step + 1) / n_train:.2f}; training "
-                        f"stopped. The last good checkpoint: {where}",
-                        fix="lower --lr, or clip the gradients (--grad-clip, --clip-norm), "
-                        "then resume from the last good checkpoint",
+                        f"{self.step + 1}, epoch {(self.step + 1) / n_train:.2f}"
                     )
                 self.state = state
                 self.step += 1
@@ -445,8 +452,6 @@ class _Run:
                     loss=f"{loss:.4f}", chars_s=f"{rate:,.0f}", gnorm=f"{norm:.3f}", refresh=False
                 )
                 bar.update(1)
-                if self.on_step is not None:
-                    self.on_step(self.step, loss, self.model)
                 if not c.progress and self.step % c.print_every == 0:
                     self.out(
                         f"{self.step}/{total} (epoch {self.step / n_train:.3f}), "
@@ -456,6 +461,8 @@ class _Run:
                 if self.step % c.eval_every == 0 and self.step < total:
                     sample_text = self._evaluate(writer, bar)
                     validated_at = self.step
+                if self.on_step is not None:
+                    self.on_step(self.step, loss, self.model)
             if validated_at != self.step:
                 sample_text = self._evaluate(writer, bar)
         finally:
@@ -483,10 +490,7 @@ class _Run:
     def _evaluate(self, writer: Any, bar: Any) -> str:
         val = self.validate()
         if not math.isfinite(val):
-            raise TrainingDivergedError(
-                f"the validation loss became {val} at step {self.step}",
-                fix="lower --lr or clip the gradients, then resume from the last good checkpoint",
-            )
+            raise self._diverged(f"the validation loss became {val} at step {self.step}")
         self.val_losses.append((self.step, val))
         path = self._checkpoint(val)
         self._log_row(
