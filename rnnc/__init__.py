@@ -8,6 +8,22 @@
 """
 
 from rnnc.compile import load_cell, parse
+from rnnc.dsl import (
+    abs,
+    cell,
+    concat,
+    exp,
+    layer_norm,
+    log,
+    maximum,
+    minimum,
+    relu,
+    sigmoid,
+    softplus,
+    sqrt,
+    tanh,
+    where,
+)
 from rnnc.errors import RnncError, RnncWarning
 from rnnc.ir import CellIR
 from rnnc.layers import Bidirectional, Recurrent, RecurrentOutput, Stack
@@ -20,7 +36,21 @@ __all__ = [
     "RnncError",
     "RnncWarning",
     "Stack",
+    "abs",
+    "cell",
+    "concat",
+    "exp",
+    "layer_norm",
     "load_cell",
+    "log",
+    "maximum",
+    "minimum",
     "parse",
+    "relu",
+    "sigmoid",
+    "softplus",
+    "sqrt",
+    "tanh",
+    "where",
 ]
 __version__ = "0.1.0"
