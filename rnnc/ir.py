@@ -87,16 +87,25 @@ class Node:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        if self is other:
-            return True
-        if not isinstance(other, Node) or self._hash != other._hash:
+        """Structural equality, each pair of shared subgraphs compared once (a
+        recursive comparison would take exponential time on DAGs built apart)."""
+        if not isinstance(other, Node):
             return False
-        return (self.op, self.shape, self.value, self.args) == (
-            other.op,
-            other.shape,
-            other.value,
-            other.args,
-        )
+        seen: set[tuple[int, int]] = set()
+        stack = [(self, other)]
+        while stack:
+            a, b = stack.pop()
+            if a is b or (id(a), id(b)) in seen:
+                continue
+            if (
+                a._hash != b._hash
+                or (a.op, a.shape, a.value) != (b.op, b.shape, b.value)
+                or len(a.args) != len(b.args)
+            ):
+                return False
+            seen.add((id(a), id(b)))
+            stack.extend(zip(a.args, b.args, strict=True))
+        return True
 
     def __repr__(self) -> str:
         if self.op in LEAVES:
