@@ -359,16 +359,24 @@ def candidates(cell: str, size: str, backends: list[str], which: set[str], x, r)
     return out
 
 
-def check_agreement(cands: list[Candidate]) -> None:
-    """Every candidate gives the same forward output and input gradient as the first."""
+def check_agreement(cands: list[Candidate]) -> list[Candidate]:
+    """Every candidate gives the same forward output and input gradient as the first;
+    a candidate that fails to run is reported and dropped."""
     ref_f, ref_g = cands[0].forward(), cands[0].gradient()
+    kept = [cands[0]]
     for c in cands[1:]:
-        f, g = c.forward(), c.gradient()
+        try:
+            f, g = c.forward(), c.gradient()
+        except Exception as exc:  # report, keep benchmarking the others
+            print(f"  {c.name} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            continue
+        kept.append(c)
         for what, a, b in (("forward", f, ref_f), ("gradient", g, ref_g)):
             scale = float(np.abs(b).max()) or 1.0
             err = float(np.abs(np.asarray(a) - b).max()) / scale
             if err > 2e-3:
                 raise SystemExit(f"{c.name} disagrees with {cands[0].name} ({what}): {err:.2e}")
+    return kept
 
 
 def time_interleaved(cands: list[Candidate], mode: str, repeat: int) -> dict[str, float]:
@@ -583,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             x = rng.normal(size=(b, t, i)).astype("float32")
             r = rng.normal(size=(b, t, h)).astype("float32")
             cands = candidates(cell, size, split(args.backends), which, x, r)
-            check_agreement(cands)
+            cands = check_agreement(cands)
             for mode in split(args.modes):
                 medians = time_interleaved(cands, mode, args.repeat)
                 ref = next((v for k, v in medians.items() if k.startswith("torch")), None)
