@@ -94,6 +94,8 @@ class LanguageModel:
         if isinstance(cell, str) and cell.lstrip().startswith(("cell ", "#", '"""')):
             cells = parse(cell, "<checkpoint>")
             cell = next(iter(cells.values()))
+        #: the cell's text, stored in checkpoints (a Python-DSL cell gives its equivalent)
+        self.cell_text = getattr(cell, "text", None) or load_cell(cell).source
         self.cell = load_cell(cell)
         if num_layers < 1:
             raise OptionError(f"num_layers must be at least 1, not {num_layers}")
@@ -124,7 +126,7 @@ class LanguageModel:
         """What rebuilds the same model (checkpoints store it)."""
         return {
             "cell_name": self.cell.name,
-            "cell_source": self.cell.source,
+            "cell_source": self.cell_text,
             "vocab_size": self.vocab_size,
             "rnn_size": self.rnn_size,
             "num_layers": self.num_layers,
