@@ -190,7 +190,9 @@ def _over_all_steps(
         k: (
             v
             if k[0] == "param"
-            else v.reshape((time * batch, *[v.shape[i] for i in range(2, v.ndim - 1)], -1)[: v.ndim - 1])
+            else v.reshape(
+                (time * batch, *[v.shape[i] for i in range(2, v.ndim - 1)], -1)[: v.ndim - 1]
+            )
         )
         for k, v in leaves.items()
     }
@@ -199,7 +201,9 @@ def _over_all_steps(
     for (name, node), value in zip(nodes.items(), values, strict=True):
         if not node.batched:  # constant over time and batch: broadcast it
             value = pt.broadcast_to(value, (time * batch, *value.shape))
-        out[name] = value.reshape((time, batch, *[value.shape[i] for i in range(1, value.ndim - 1)], -1)[: value.ndim + 1])
+        out[name] = value.reshape(
+            (time, batch, *[value.shape[i] for i in range(1, value.ndim - 1)], -1)[: value.ndim + 1]
+        )
     return out
 
 
@@ -410,7 +414,12 @@ def scan_cell(
                 pt.switch(_per_example(m, n), n, old[name])
                 for name, n in zip(state_names, new, strict=True)
             ]
-            outs = [pt.switch(_per_example(m, o), o, zero) for o in outs]
+            # internal outputs (``_name``: values saved for the backward pass) stay as
+            # they are, so that the gradient can reuse them
+            outs = [
+                o if name.startswith("_") else pt.switch(_per_example(m, o), o, zero)
+                for name, o in zip(out_names, outs, strict=True)
+            ]
         new = [
             pt.specify_shape(n, o.type.shape) if n.type.shape != o.type.shape else n
             for n, o in zip(new, init, strict=True)
