@@ -4,12 +4,15 @@ The checker resolves every name (input, old state, binding, next state, built-in
 function; any other name is a **parameter**), infers the shape of every value by
 unification over symbolic dimensions, and rejects what cannot work, each time with the
 user's span, a caret and the fix. Parameters need no declaration: ``x @ W`` with
-``x: [I]`` makes ``W: [I, ?]``, and the ``?`` is found where the product meets another
-value (``+ h @ U`` with ``h: [H]`` gives ``? = H``).
+``x: [I]`` makes ``W: [I, ?]``, and the ``?`` is found where the product meets a value
+of known shape (``h' = tanh(x @ W)`` with ``state h: [H]`` gives ``? = H``). A next
+state and an output take their declared shapes on the line that assigns them, so the
+lines below know them.
 
 Elementwise operations broadcast as NumPy does on the example shape, with one rule for
 unknown shapes: a parameter whose shape is still unknown takes the shape of the other
 operand (``x @ W + b`` makes ``b: [H]``), unless that operand is a scalar.
+grammar/README.md explains these rules to users.
 """
 
 from __future__ import annotations
