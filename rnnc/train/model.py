@@ -220,16 +220,18 @@ class LanguageModel:
         x = self.dropout(x, training)
         return self.head(x), finals
 
-    def _state_vars(self, prefix: str = "") -> list[dict[str, Any]]:
+    def _state_vars(self, batch: int | None) -> list[dict[str, Any]]:
+        """Symbolic initial states, ``[batch, ...]`` (a static batch when given)."""
         out = []
         for k, layer in enumerate(self.layers):
             out.append(
                 {
                     n: pt.tensor(
-                        f"{prefix}{n}{k}", dtype=self.dtype, shape=(None,) * (1 + len(s.shape))
+                        f"{n}{k}",
+                        dtype=self.dtype,
+                        shape=(batch, *ir.shape_size(s.shape, layer.sizes)),
                     )
                     for n, s in self.cell.states.items()
-                    if layer
                 }
             )
         return out
@@ -239,19 +241,25 @@ class LanguageModel:
         optimizer: Optimizer | None,
         backend: str | None = None,
         parts: Sequence[str] = ("train", "eval", "step"),
+        batch_shape: tuple[int, int] | None = None,
     ) -> CompiledModel:
         """Compile the training step (``"train"``, needs ``optimizer``), the evaluation
-        (``"eval"``) and the one-step sampling (``"step"``) functions."""
+        (``"eval"``) and the one-step sampling (``"step"``, one sequence) functions.
+
+        ``batch_shape`` (batch, time) fixes the shapes of training and evaluation
+        batches, as the JAX backend needs; without it any shape goes (other backends).
+        """
         names = list(self.cell.states)
         flat = lambda st: [s[n] for s in st for n in names]  # noqa: E731
-        x = pt.imatrix("x")
-        y = pt.imatrix("y")
+        batch, time = batch_shape or (None, None)
+        x = pt.tensor("x", dtype="int32", shape=(batch, time))
+        y = pt.tensor("y", dtype="int32", shape=(batch, time))
         train = evaluate = step = None
         if "train" in parts:
             if optimizer is None:
                 raise OptionError("compiling the training step needs an optimizer")
             self.dropout.updates.clear()
-            s0 = self._state_vars()
+            s0 = self._state_vars(batch)
             logits, finals = self.forward(x, s0, training=True)
             loss = sequence_cross_entropy(logits, y)
             updates, norm = optimizer.updates(self.params, loss)
@@ -260,13 +268,13 @@ class LanguageModel:
                 [x, y, *flat(s0)], [loss, norm, *flat(finals)], backend, updates=updates
             )
         if "eval" in parts:
-            s0 = self._state_vars()
+            s0 = self._state_vars(batch)
             logits, finals = self.forward(x, s0, training=False)
             loss = sequence_cross_entropy(logits, y)
             evaluate = function([x, y, *flat(s0)], [loss, *flat(finals)], backend)
         if "step" in parts:
-            s0 = self._state_vars()
-            token = pt.ivector("token")
+            s0 = self._state_vars(1)
+            token = pt.tensor("token", dtype="int32", shape=(1,))
             logits, finals = self.forward(token[:, None], s0, training=False)
             step = function([token, *flat(s0)], [logits[:, 0, :], *flat(finals)], backend)
         return CompiledModel(self, names, train, evaluate, step)

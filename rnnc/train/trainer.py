@@ -206,14 +206,18 @@ _CACHE_SIZE = 4
 
 
 def _compiled(
-    model: LanguageModel, name: str, options: dict[str, Any], backend: str | None
+    model: LanguageModel,
+    name: str,
+    options: dict[str, Any],
+    backend: str | None,
+    batch_shape: tuple[int, int],
 ) -> tuple[LanguageModel, Optimizer, CompiledModel]:
     """``model`` with a fresh optimiser, compiled; or an equal model compiled before
     in this process, reset to ``model``'s initial parameters and a fresh optimiser
     state (the learning rate is a shared variable, so it is not part of the key)."""
     backend = backend or default_backend()
     rest = {k: v for k, v in options.items() if k != "lr"}
-    key = json.dumps([model.options(), name, rest, backend], sort_keys=True)
+    key = json.dumps([model.options(), name, rest, backend, batch_shape], sort_keys=True)
     if key in _CACHE:
         cached, optimizer, compiled = _CACHE[key]
         cached.set_params(model.get_params())
@@ -221,7 +225,7 @@ def _compiled(
         optimizer.reset(options["lr"])
         return cached, optimizer, compiled
     optimizer = make_optimizer(name, **options)
-    compiled = model.compile(optimizer, backend=backend)
+    compiled = model.compile(optimizer, backend=backend, batch_shape=batch_shape)
     while len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = (model, optimizer, compiled)
@@ -280,7 +284,7 @@ class _Run:
             opts["momentum"] = config.momentum
         t0 = time.perf_counter()
         self.model, self.optimizer, self.compiled = _compiled(
-            model, config.optimizer, opts, config.backend
+            model, config.optimizer, opts, config.backend, (config.batch_size, config.seq_length)
         )
         self.compile_time = time.perf_counter() - t0
         self.savefile = config.savefile or self.model.cell.name
