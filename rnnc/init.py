@@ -34,6 +34,8 @@ def normal(shape, rng, *args):
 
 def glorot(shape, rng):
     """Glorot/Xavier uniform: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
+    if not shape:  # a scalar: fan_in = fan_out = 1
+        return rng.uniform(-np.sqrt(3.0), np.sqrt(3.0))
     fan_in, fan_out = (shape[0], shape[-1]) if len(shape) >= 2 else (shape[0], shape[0])
     bound = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-bound, bound, size=shape)

@@ -34,3 +34,17 @@ def test_nodes_know_batch_and_state_dependence():
 def test_dim_size_of_sums():
     assert dim_size("2*H + I + 1", {"H": 3, "I": 4}) == 11
     assert dim_size(5, {}) == 5
+
+
+def test_every_initialiser_takes_every_rank():
+    import numpy as np
+
+    from rnnc.init import INITIALIZERS, initialize
+
+    args = {"constant": (0.5,)}
+    for name in INITIALIZERS:
+        for shape in [(), (3,), (3, 4), (4, 3)]:
+            value = initialize(name, args.get(name, ()), shape, np.random.default_rng(0))
+            assert value.shape == shape and np.isfinite(value).all()
+    q = initialize("orthogonal", (), (4, 3), np.random.default_rng(0))
+    np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-12)
