@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any
 
+from rnnc.commands.train import one_blas_thread
 from rnnc.train.sample import load_sampler, sample
 
 __all__ = ["add_parser", "run"]
@@ -43,12 +44,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         choices=["c", "numba", "jax", "python"],
-        help="PyTensor backend (default: $RNNC_BACKEND, else c)",
+        help="PyTensor backend (default: $RNNC_BACKEND, else jax if installed, else c)",
     )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    one_blas_thread()
     _, compiled, vocab, _ = load_sampler(args.checkpoint, backend=args.backend)
     text = sample(
         compiled,

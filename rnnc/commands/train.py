@@ -12,12 +12,13 @@ unless given) and prints a sample::
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 from typing import Any
 
 from rnnc.train.trainer import TrainConfig, resume, train
 
-__all__ = ["DEFAULT_CORPUS_BUDGET", "add_parser", "run"]
+__all__ = ["DEFAULT_CORPUS_BUDGET", "add_parser", "one_blas_thread", "run"]
 
 #: Seconds ``rnnc train`` runs on the default corpus when no length is given.
 DEFAULT_CORPUS_BUDGET = 60.0
@@ -96,7 +97,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     opt(
         r,
         "--backend",
-        "PyTensor backend (default: $RNNC_BACKEND, else c)",
+        "PyTensor backend (default: $RNNC_BACKEND, else jax if installed, else c)",
         choices=["c", "numba", "jax", "python"],
     )
     opt(r, "--dtype", "precision of parameters and states", choices=["float32", "float64"])
@@ -118,7 +119,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def one_blas_thread() -> None:
+    """Use one BLAS/OpenMP thread unless the user chose (``OMP_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS``): the products of these models are small, and on two
+    cores OpenBLAS's spinning threads made a C-backend step several times slower.
+    Set before the C backend loads its BLAS."""
+    if not {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"} & set(os.environ):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+
 def run(args: argparse.Namespace) -> int:
+    one_blas_thread()
     names = {f.name for f in fields(TrainConfig)}
     given: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
     if given.get("grad_clip") == 0:

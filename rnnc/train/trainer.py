@@ -35,11 +35,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rnnc
-from rnnc.compile import default_backend
 from rnnc.errors import CheckpointError, OptionError, TrainingDivergedError
 from rnnc.train.checkpoint import Checkpoint, checkpoint_name, load_checkpoint, save_checkpoint
 from rnnc.train.data import CharData, Vocabulary, default_corpus, load_text
-from rnnc.train.model import CompiledModel, LanguageModel, State
+from rnnc.train.model import CompiledModel, LanguageModel, State, training_backend
 from rnnc.train.optim import Optimizer, make_optimizer, step_decay
 from rnnc.train.sample import sample
 
@@ -215,7 +214,7 @@ def _compiled(
     """``model`` with a fresh optimiser, compiled; or an equal model compiled before
     in this process, reset to ``model``'s initial parameters and a fresh optimiser
     state (the learning rate is a shared variable, so it is not part of the key)."""
-    backend = backend or default_backend()
+    backend = backend or training_backend()
     rest = {k: v for k, v in options.items() if k != "lr"}
     key = json.dumps([model.options(), name, rest, backend, batch_shape], sort_keys=True)
     if key in _CACHE:
@@ -283,6 +282,7 @@ class _Run:
         elif config.optimizer == "sgd":
             opts["momentum"] = config.momentum
         t0 = time.perf_counter()
+        self.backend = config.backend or training_backend()
         self.model, self.optimizer, self.compiled = _compiled(
             model, config.optimizer, opts, config.backend, (config.batch_size, config.seq_length)
         )
@@ -397,7 +397,7 @@ class _Run:
             f"rnnc train: {self.model.cell.name}, {c.num_layers} x {c.rnn_size}, "
             f"{self.model.num_params():,} parameters; vocabulary {len(self.vocab)}; "
             f"{n_train} train / {self.data.n_val} validation batches of {c.batch_size} x "
-            f"{c.seq_length}; compiled in {self.compile_time:.1f} s"
+            f"{c.seq_length}; {self.backend} backend, compiled in {self.compile_time:.1f} s"
         )
         new_file = not self.csv.exists()
         f = open(self.csv, "a", newline="")  # closed in the finally below
