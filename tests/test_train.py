@@ -295,3 +295,9 @@ def test_cli_defaults_are_char_rnns_and_default_corpus_runs_a_minute(monkeypatch
     with pytest.raises(RnncError):
         cli(["train", "--data", "x.txt", "--grad-clip", "0"])
     assert seen["config"].time_budget is None and seen["config"].grad_clip is None
+
+
+def test_loss_curve_png_where_matplotlib_is_installed(runs):
+    pytest.importorskip("matplotlib")
+    png = runs["a_dir"] / "lstm_loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
