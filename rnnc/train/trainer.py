@@ -328,6 +328,7 @@ class _Run:
         meta = {
             "rnnc_version": rnnc.__version__,
             "model": self.model.options(),
+            "dims": [layer.sizes for layer in self.model.layers],
             "vocab": self.vocab.chars,
             "config": asdict(self.config),
             "optimizer": self.optimizer.options(),
