@@ -339,3 +339,6 @@ def test_a_killed_run_leaves_whole_checkpoints_and_resumes(tmp_path):
     newest = files[steps.index(max(steps))]
     result = resume(newest, text=TINY, out=quiet, max_steps=max(steps) + 1)
     assert result.steps == max(steps) + 1
+    with open(result.log, newline="") as f:  # what the killed run logged after it is gone
+        logged = [int(r["step"]) for r in csv.DictReader(f) if r["loss"]]
+    assert logged == list(range(1, max(steps) + 2))

@@ -56,7 +56,8 @@ class TrainConfig:
     ``decay_rate`` (RMSprop's), ``momentum`` (SGD's), ``lr_decay`` applied per epoch
     from epoch ``lr_decay_after`` on, ``grad_clip`` (by value, char-rnn's),
     ``clip_norm`` (by global norm), ``weight_decay``. Length: ``epochs``,
-    ``max_steps``, ``time_budget`` (seconds of wall time, compilation included).
+    ``max_steps``, ``time_budget`` (seconds of wall time of this call, compilation
+    included).
     Output: ``eval_every`` steps (and at the end), ``checkpoint_dir``, ``savefile``
     (default: the cell's name), ``sample_length`` and ``temperature`` of the sample
     shown at each validation, ``progress`` (the tqdm bar; without it a line every
@@ -320,6 +321,13 @@ class _Run:
             self.best = (float(best[0]), Path(best[1]) if best[1] else None)
         self.last = ckpt.path
         self.elapsed_before = float(meta.get("elapsed_s", 0.0))
+        if self.csv.exists():  # drop what a run from a later point logged
+            with open(self.csv, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+            with open(self.csv, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
 
     def _checkpoint(self, val_loss: float) -> Path:
         epoch = self.step / self.data.n_train
@@ -385,6 +393,7 @@ class _Run:
 
     def _log_row(self, writer: Any, **row: Any) -> None:
         writer.writerow({k: row.get(k, "") for k in self.COLUMNS})
+        self.log_file.flush()  # a killed run keeps its log
 
     # ---------------------------------------------------------------- loop
     def run(self) -> TrainResult:
@@ -401,7 +410,7 @@ class _Run:
             f"{c.seq_length}; {self.backend} backend, compiled in {self.compile_time:.1f} s"
         )
         new_file = not self.csv.exists()
-        f = open(self.csv, "a", newline="")  # closed in the finally below
+        f = self.log_file = open(self.csv, "a", newline="")  # closed in the finally below
         writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
         if new_file:
             writer.writeheader()
@@ -419,7 +428,7 @@ class _Run:
         sample_text = ""
         try:
             while self.step < total:
-                if c.time_budget is not None and self.elapsed() >= c.time_budget:
+                if c.time_budget is not None and time.perf_counter() - self.start >= c.time_budget:
                     stopped = "time budget"
                     break
                 b = self.step % n_train
