@@ -12,12 +12,39 @@ sequences were all solved and their mean squared error is below 0.01.
 The paper's LSTM needed 74,000 training sequences at T=100 (online learning). Here
 the model is one recurrent layer (any cell) followed by a linear unit reading the
 state at each sequence's last real step (sequences of different lengths are padded
-and masked), trained with Adam on minibatches::
+and masked), trained with Adam (learning rate 3e-3, gradient norm clipped at 1) on
+batches of 32::
 
     python examples/adding_problem.py --cell lstm --T 100          # solves it
     python examples/adding_problem.py --cell rnn --T 100           # a tanh RNN does not
 
-README.md in examples/char_rnn lists what was measured on these machines.
+The paper's LSTM had no forget gate (it always remembers); PyTorch's, which rnnc's
+built-in cell follows, forgets. Its forget-gate bias therefore starts at 5 here
+(``--forget-bias``): sigmoid(5)^100 = 0.5, so the state lasts a hundred steps.
+
+Measured (32 units, seed 0, JAX backend, 2 shared cores; training sequences until the
+paper's criterion held):
+
+==========  ===  ===========  =================================================
+cell        T    forget bias  result
+==========  ===  ===========  =================================================
+LSTM        10   1            solved after 47,872 sequences (7 s)
+LSTM        25   1            solved after 76,128 sequences (20 s)
+LSTM        50   1            not solved after 1,021,600 sequences (240 s)
+LSTM        100  1            not solved after 1,548,800 sequences (stopped at ~400 s)
+LSTM        100  1, 128 units not solved after 477,120 sequences (600 s; lr 1e-3, batch 20)
+LSTM        100  5            **solved after 205,248 sequences** (105 s)
+LSTM        100  5, seed 1    **solved after 75,424 sequences** (31 s)
+tanh RNN    10   -            solved after 534,272 sequences (79 s)
+tanh RNN    25   -            not solved after 3,000,000 sequences (154 s)
+tanh RNN    100  -            **not solved after 2,074,560 sequences** (300 s)
+==========  ===  ===========  =================================================
+
+Unsolved runs stay at the mean-prediction plateau (mean squared error about 0.04,
+15% of sequences within 0.04). At T=100 the LSTM needed 75,424 and 205,248 training
+sequences for two seeds, against the paper's 74,000, in 2,357 and 6,414 updates (batches
+of 32) where the paper made one update per sequence; the tanh RNN saw ten times more
+and learned nothing.
 """
 
 from __future__ import annotations
@@ -69,13 +96,13 @@ def build(
     lr: float,
     backend: str | None,
     seed: int,
-    forget_bias: float = 1.0,
+    forget_bias: float = 5.0,
     shape: tuple[int, int] | tuple[None, None] = (None, None),
 ) -> dict[str, Any]:
     """The model and its compiled training and evaluation functions.
 
-    An LSTM's forget-gate bias starts at ``forget_bias`` (Gers et al. 2000; char-rnn
-    does the same), so that the cell remembers by default.
+    An LSTM's forget-gate bias ``b_hf`` starts at ``forget_bias`` (Gers et al. 2000
+    start it high), so that the cell remembers by default.
     """
     layer = rnnc.Recurrent(cell, I=2, H=hidden, seed=seed)
     if "b_hf" in layer.params:
@@ -110,7 +137,7 @@ def run(
     seed: int = 0,
     window: int = 2000,
     test_size: int = 2000,
-    forget_bias: float = 1.0,
+    forget_bias: float = 5.0,
     out: Any = print,
 ) -> dict[str, Any]:
     """Train until solved (the paper's criterion), ``max_sequences`` or the time budget.
