@@ -8,6 +8,17 @@ and the validation losses are compared::
 
     python examples/custom_cell.py                       # Python's pydoc text
     python examples/custom_cell.py --data ../shared/data/tinyshakespeare.txt --max-steps 2000
+
+Measured with the defaults (one layer of 128, batches of 50 x 50, RMSprop 2e-3, 500 steps
+on Python's pydoc text, JAX backend, 2 shared cores)::
+
+    cell      params  steps  best val loss   chars/s
+    lstm     132,583    500         1.9607    39,166
+    gru      102,759    500         1.7759    45,615
+    mgu       72,679    500         1.8931    78,115
+
+The MGU, with half the LSTM's parameters and twice its speed, lands between the GRU
+and the LSTM at equal steps.
 """
 
 from __future__ import annotations
