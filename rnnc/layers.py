@@ -115,6 +115,7 @@ class Loop:
     truncate_gradient: int = -1
     training: bool = False
     checkpoint: int | None = None
+    states_only: bool = False
 
 
 # ---------------------------------------------------------------- nested states
@@ -227,6 +228,7 @@ class SequenceLayer:
         reset: Any = None,
         training: bool = False,
         checkpoint: int | None = None,
+        states_only: bool = False,
     ) -> RecurrentOutput:
         """Build the graph of the layer over ``x``; returns outputs and final states.
 
@@ -264,6 +266,10 @@ class SequenceLayer:
             Gradient checkpointing: keep the states only every ``checkpoint`` steps
             and recompute the steps in between in the backward pass (default: the
             layer's ``checkpoint`` option).
+        states_only
+            Compute the final states only (``out.outputs`` is empty): for a loss on
+            the final state, no memory goes to per-step outputs (with ``checkpoint``,
+            the gradient then keeps only the states at segment borders).
         """
         inputs = self._inputs(x)
         first = next(iter(inputs.values()))
@@ -271,7 +277,9 @@ class SequenceLayer:
         m = self._mask(mask, lengths, first)
         r = self._flags("reset", reset, first, "1 where a new document begins")
         _check_loop_options(truncate_gradient, checkpoint)
-        loop = Loop(m, r, bool(reverse), int(truncate_gradient), bool(training), checkpoint)
+        loop = Loop(
+            m, r, bool(reverse), int(truncate_gradient), bool(training), checkpoint, states_only
+        )
         return self._graph(inputs, init, loop)
 
     def state_inputs(self, prefix: str = "initial_state") -> Any:
@@ -697,7 +705,8 @@ class Recurrent(SequenceLayer):
     checkpoint
         Gradient checkpointing: keep the states only every ``checkpoint`` steps and
         recompute the steps in between during the backward pass (memory for long
-        sequences; see ``benchmarks/README.md``).
+        sequences; see ``benchmarks/README.md``). It switches off the passes that
+        keep values for every step (``hoist`` and ``save``).
 
     Carrying the state: truncated back-propagation through time
     -----------------------------------------------------------
@@ -705,7 +714,8 @@ class Recurrent(SequenceLayer):
     and the gradient stopping at chunk borders. On NumPy arrays, as Keras'
     ``stateful=True``::
 
-        for chunk in rnnc.bucketing.chunks(x, 100):
+        from rnnc.bucketing import chunks
+        for chunk in chunks(x, 100):                  # [batch, 100, features] each
             out = layer.run(chunk, stateful=True)     # starts where the last call ended
         layer.reset_state()                           # next sequence: start afresh
 
@@ -888,9 +898,10 @@ class Recurrent(SequenceLayer):
         if self.inner is not None:
             return self.inner._graph(inputs, init, loop)
         checkpoint = loop.checkpoint if loop.checkpoint is not None else self.checkpoint
+        _check_loop_options(loop.truncate_gradient, checkpoint)
         options = self.optimize
-        if checkpoint is not None:  # values saved for every step would undo the savings
-            options = {**options, "save": "none"}
+        if checkpoint is not None:  # values kept for every step would undo the savings
+            options = {**options, "save": "none", "hoist": False}
         result = scan_cell(
             passes.optimize(self.cell, options, self.sizes),
             inputs,
@@ -903,10 +914,11 @@ class Recurrent(SequenceLayer):
             truncate_gradient=loop.truncate_gradient,
             reset=loop.reset,
             checkpoint=checkpoint,
+            outputs=not loop.states_only,
         )
         # in the cell's order (the passes move some after the loop), without the
         # values the passes save for the backward pass
-        outputs = {k: result.outputs[k] for k in self.output_shapes}
+        outputs = {k: result.outputs[k] for k in self.output_shapes if k in result.outputs}
         return RecurrentOutput(outputs, result.state)
 
     # ---------------------------------------------------------------- PyTorch
@@ -1257,7 +1269,8 @@ class Stack(SequenceLayer):
                         self._graphs += 1
                     next_rng, y = self._drop(y, next_rng)
                 inputs = {next(iter(layer.input_shapes)): y}
-            out = layer._graph(inputs, init[i] if init else None, loop)
+            own = loop if i == len(self.layers) - 1 else replace(loop, states_only=False)
+            out = layer._graph(inputs, init[i] if init else None, own)
             states.append(out.state)
             updates.update(out.updates)
         if rng is not None:

@@ -240,7 +240,7 @@ def _segmented_scan(
     non_sequences: list[TensorVariable],
     every: int,
     reverse: bool,
-    keep_states: bool,
+    keep: list[int],
 ) -> tuple[list[TensorVariable], list[TensorVariable], list[TensorVariable]]:
     """``scan(step)`` split into segments of ``every`` steps (gradient checkpointing).
 
@@ -253,7 +253,7 @@ def _segmented_scan(
     ``sequences`` are time-major, their last one the mask (the caller adds one), so
     the zero padding that makes ``T`` a multiple of ``every`` is a run of masked
     steps. Returns ``(finals, outputs, state_sequences)`` in processing order
-    (``state_sequences`` empty unless ``keep_states``).
+    (``state_sequences`` only for the states numbered in ``keep``).
     """
     time = sequences[0].shape[0]
     if reverse:
@@ -280,12 +280,12 @@ def _segmented_scan(
             pt.specify_shape(r[-1], s.type.shape) if r[-1].type.shape != s.type.shape else r[-1]
             for r, s in zip(res[:n_states], states, strict=True)
         ]
-        return [*last, *res[n_states:], *(res[:n_states] if keep_states else [])]
+        return [*last, *res[n_states:], *(res[i] for i in keep)]
 
     results = pytensor.scan(
         outer,
         sequences=segments,
-        outputs_info=[*init, *([None] * (n_outputs + (n_states if keep_states else 0)))],
+        outputs_info=[*init, *([None] * (n_outputs + len(keep)))],
         non_sequences=non_sequences,
         strict=True,
         return_updates=False,
@@ -314,6 +314,7 @@ def scan_cell(
     truncate_gradient: int = -1,
     reset: TensorVariable | None = None,
     checkpoint: int | None = None,
+    outputs: bool = True,
 ) -> ScanResult:
     """Run ``cell`` over ``inputs`` (``[batch, time, ...]`` each) with one scan.
 
@@ -333,7 +334,11 @@ def scan_cell(
     ``truncate_gradient=k`` back-propagates through at most ``k`` steps;
     ``checkpoint=k`` recomputes the forward pass in segments of ``k`` steps during
     the backward pass instead of storing every step (see :func:`_segmented_scan`).
+    ``outputs=False`` computes the final states only: no per-step output is made, so
+    none takes memory (nor, in the backward pass, its zero gradient).
     """
+    if not outputs:
+        cell = cell.replace(outputs={}, postcompute={})
     inputs_tm = {name: _time_major(x) for name, x in inputs.items()}
     first = next(iter(inputs_tm.values()))
     time, batch = first.shape[0], first.shape[1]
@@ -426,6 +431,7 @@ def scan_cell(
         ]
         return [*new, *outs]
 
+    post_reads = {(n.op, n.value) for n in ir.walk(list(cell.postcompute.values()))}
     if checkpoint is not None:
         finals_list, out_list, state_list = _segmented_scan(
             step,
@@ -435,7 +441,7 @@ def scan_cell(
             non_sequences,
             checkpoint,
             reverse,
-            keep_states=bool(cell.postcompute),
+            keep=[i for i, name in enumerate(state_names) if ("new", name) in post_reads],
         )
     else:
         results = pytensor.scan(
@@ -454,7 +460,12 @@ def scan_cell(
         out_list = results[len(state_names) :]
         finals_list = [v[-1] for v in state_list]
     finals = dict(zip(state_names, finals_list, strict=True))
-    state_seqs = dict(zip(state_names, state_list, strict=False))
+    kept = (
+        [n for n in state_names if ("new", n) in post_reads]
+        if checkpoint is not None
+        else state_names
+    )
+    state_seqs = dict(zip(kept, state_list, strict=True))
     out_seqs = dict(zip(out_names, out_list, strict=True))
     if reverse:  # scan returns steps in processing order; give them back in time order
         state_seqs = {k: v[::-1] for k, v in state_seqs.items()}

@@ -345,6 +345,22 @@ def test_checkpointing_equals_plain_scan(learned, reverse) -> None:
         np.testing.assert_allclose(a, b, atol=1e-12)
 
 
+def test_states_only(lstm) -> None:
+    x = pt.tensor3("x", dtype="float64")
+    xs = data(33, batch=2)
+    whole = lstm.run(xs)
+    out = lstm(x, checkpoint=3, states_only=True)
+    assert out.outputs == {}
+    fn = rnnc.compile.function([x], [out.state["h"], out.state["c"]], FAST)
+    for got, name in zip(fn(xs), ("h", "c"), strict=True):
+        np.testing.assert_allclose(got, whole.state[name], atol=1e-12)
+    deep = rnnc.Recurrent("gru", I=IN, H=H, num_layers=2, dtype="float64", backend=FAST)
+    top = deep(x, states_only=True)
+    assert top.outputs == {}
+    final = rnnc.compile.function([x], top.state[1]["h"], FAST)(xs)
+    np.testing.assert_allclose(final, deep.run(xs).state[1]["h"], atol=1e-12)
+
+
 def test_checkpointing_gradients_by_finite_differences(learned) -> None:
 
     def loss(xs):
@@ -430,6 +446,8 @@ def test_bad_sequence_arguments_name_the_argument(lstm) -> None:
         lstm(x, checkpoint=2, truncate_gradient=2)
     with pytest.raises(OptionError, match="truncate_gradient must be"):
         lstm(x, truncate_gradient=0)
+    with pytest.raises(OptionError, match="checkpoint and truncate_gradient"):
+        rnnc.Recurrent("rnn", I=IN, H=H, dtype="float64", checkpoint=5)(x, truncate_gradient=2)
     with pytest.raises(
         InputShapeError, match=r"initial_state\['c'\] has shape \[batch, 4\]; expected \[batch, 3\]"
     ):

@@ -1,0 +1,164 @@
+"""Gradient checkpointing: memory against time for the gradient of a long sequence.
+
+For each configuration, in a fresh process, this compiles ``loss -> (loss, d loss /
+d params)`` for one recurrent layer over ``[batch, steps, features]`` inputs and
+measures:
+
+* ``peak``: the largest amount of NumPy memory alive during one call (tracemalloc
+  sees every NumPy buffer the compiled function allocates, scan's included), minus
+  what was alive before the call (the inputs and parameters);
+* ``time``: the median wall time of a call, and the time to compile.
+
+Configurations: the plain scan with the default passes (``optimize=True``: ``hoist``
+computes the input products of every step before the loop, ``save`` keeps values for
+the backward pass), the plain scan without those two passes (the same step as a
+checkpointed scan, so the pair shows what the segments themselves change), and
+``checkpoint=k`` for each ``k`` of ``--every`` (which switches both passes off).
+The loss reads the final state only (``--loss final``, the case checkpointing is for;
+the layer runs with ``states_only=True``) or every output (``--loss all``).
+
+    python benchmarks/checkpointing.py                        # a quick run
+    python benchmarks/checkpointing.py --batch 64 --hidden 1024 --steps 2000 --every 50
+
+Writes a Markdown table to stdout (and ``--json PATH`` for the raw figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+
+
+def measure(cfg: dict) -> dict:
+    """Compile and time one configuration (run in its own process)."""
+    import numpy as np
+    import pytensor
+    import pytensor.tensor as pt
+
+    import rnnc
+
+    layer = rnnc.Recurrent(
+        cfg["cell"],
+        I=cfg["features"],
+        H=cfg["hidden"],
+        backend=cfg["backend"],
+        optimize=cfg["optimize"],
+        checkpoint=cfg["every"] or None,
+    )
+    x = pt.tensor3("x", dtype="float32")
+    final = cfg["loss"] == "final"
+    out = layer(x, states_only=final)
+    loss = out.state["h"].sum() if final else (out.y**2).sum()
+    params = list(layer.params.values())
+    start = time.perf_counter()
+    fn = rnnc.compile.function([x], [loss, *pytensor.grad(loss, params)], cfg["backend"])
+    compile_s = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(cfg["batch"], cfg["steps"], cfg["features"])).astype("float32")
+    fn(xs)  # warm up
+    times, peaks = [], []
+    for _ in range(cfg["repeat"]):
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        start = time.perf_counter()
+        result = fn(xs)
+        times.append(time.perf_counter() - start)
+        peaks.append(tracemalloc.get_traced_memory()[1] - before)
+        tracemalloc.stop()
+        del result
+    return {
+        **cfg,
+        "compile_s": compile_s,
+        "time_s": statistics.median(times),
+        "peak_mib": max(peaks) / 2**20,
+    }
+
+
+def configurations(args: argparse.Namespace) -> list[dict]:
+    base = {
+        "cell": args.cell,
+        "batch": args.batch,
+        "hidden": args.hidden,
+        "features": args.features,
+        "steps": args.steps,
+        "backend": args.backend,
+        "loss": args.loss,
+        "repeat": args.repeat,
+    }
+    out = [
+        {**base, "name": "plain scan", "every": 0, "optimize": True},
+        {
+            **base,
+            "name": "plain scan, no hoist, no save",
+            "every": 0,
+            "optimize": {"hoist": False, "save": "none"},
+        },
+    ]
+    for k in args.every:
+        out.append({**base, "name": f"checkpoint={k}", "every": k, "optimize": True})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", default="lstm", help="built-in cell (default lstm)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument(
+        "--every", type=int, nargs="+", default=[10, 50], help="checkpoint segment lengths"
+    )
+    parser.add_argument("--backend", default="c")
+    parser.add_argument("--loss", choices=["final", "all"], default="final")
+    parser.add_argument("--repeat", type=int, default=3, help="timed calls per configuration")
+    parser.add_argument("--json", help="also write the raw figures here")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a configuration, in a subprocess
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one))))
+        return
+
+    rows = []
+    for cfg in configurations(args):
+        done = subprocess.run(
+            [sys.executable, __file__, "--one", json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            sys.stderr.write(done.stderr[-3000:])
+            raise SystemExit(f"{cfg['name']} failed")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"# {cfg['name']}: done", file=sys.stderr)
+    base = rows[0]
+    print(
+        f"{args.cell}, B={args.batch} H={args.hidden} I={args.features} T={args.steps}, "
+        f"float32, backend {args.backend}, loss on the "
+        f"{'final state' if args.loss == 'final' else 'outputs at every step'}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n"
+    )
+    print(
+        "| configuration | peak memory (MiB) | vs plain | time per call (s) | vs plain | compile (s) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['name']} | {r['peak_mib']:.1f} | {r['peak_mib'] / base['peak_mib']:.2f}x "
+            f"| {r['time_s']:.3f} | {r['time_s'] / base['time_s']:.2f}x | {r['compile_s']:.1f} |"
+        )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
