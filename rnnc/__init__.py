@@ -27,10 +27,14 @@ from rnnc.dsl import (
 from rnnc.errors import RnncError, RnncWarning
 from rnnc.ir import CellIR
 from rnnc.layers import Bidirectional, Recurrent, RecurrentOutput, Stack
+from rnnc.nn import Dense, Dropout, Embedding, one_hot, sequence_cross_entropy
 
 __all__ = [
     "Bidirectional",
     "CellIR",
+    "Dense",
+    "Dropout",
+    "Embedding",
     "Recurrent",
     "RecurrentOutput",
     "RnncError",
@@ -45,8 +49,10 @@ __all__ = [
     "log",
     "maximum",
     "minimum",
+    "one_hot",
     "parse",
     "relu",
+    "sequence_cross_entropy",
     "sigmoid",
     "softplus",
     "sqrt",
