@@ -271,6 +271,137 @@ def _text(expr: ast.Expr) -> str:
     return format_expr(expr)
 
 
+# ---------------------------------------------------------------- signs
+# A simple sign analysis finds `log` and `sqrt` of values that are evidently not
+# positive. The sign of a value is the set of signs it can take: "-", "+", and "0" for
+# a value that is exactly 0 over a range of inputs (`relu(v)` for every v < 0; an
+# input or a parameter is 0 only by chance, which does not count).
+Sign = frozenset[str]
+_ANY: Sign = frozenset("-+")
+_NONNEGATIVE: Sign = frozenset("0+")
+_POSITIVE_FUNCTIONS = ("sigmoid", "exp", "softplus")
+
+
+def _flip(a: Sign) -> Sign:
+    return frozenset({"-": "+", "+": "-", "0": "0"}[x] for x in a)
+
+
+def _times(a: Sign, b: Sign) -> Sign:
+    return frozenset("0" if "0" in (x, y) else "+" if x == y else "-" for x in a for y in b)
+
+
+def _plus(a: Sign, b: Sign) -> Sign:
+    if a == {"0"}:
+        return b
+    if b == {"0"}:
+        return a
+    for side in "+-":
+        if a <= {side, "0"} and b <= {side, "0"}:
+            zero = {"0"} if "0" in a and "0" in b else set()
+            return frozenset(({side} & (a | b)) | zero)
+    return _ANY
+
+
+def _extreme(a: Sign, b: Sign, pick) -> Sign:
+    """The signs of ``maximum`` (``pick=max``) or ``minimum`` of two values."""
+    return frozenset(pick(x, y, key="-0+".index) for x in a for y in b)
+
+
+class _Signs:
+    """Warns (:class:`RnncWarning`) about ``log`` and ``sqrt`` of values that are never
+    positive (``log(-softplus(v))``, ``sqrt(0 - exp(v))``) or that are 0 over a range of
+    inputs (``log(relu(v))`` is -inf wherever v < 0; ``sqrt`` there has an infinite
+    derivative)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Sign] = {}
+        self.nexts: dict[str, Sign] = {}
+
+    def warn(self, cell: ast.Cell) -> None:
+        for stmt in cell.body:
+            if isinstance(stmt, ast.Assign):
+                (self.nexts if stmt.primed else self.values)[stmt.target] = self.sign(stmt.value)
+
+    def sign(self, e: ast.Expr) -> Sign:
+        if isinstance(e, ast.Number):
+            return frozenset("+" if e.value > 0 else "-" if e.value < 0 else "0")
+        if isinstance(e, ast.Name):
+            return self.values.get(e.id, _ANY)
+        if isinstance(e, ast.Primed):
+            return self.nexts.get(e.id, _ANY)
+        if isinstance(e, ast.Neg):
+            return _flip(self.sign(e.operand))
+        if isinstance(e, ast.BinOp):
+            return self.binop(e.op, self.sign(e.left), self.sign(e.right), e.right)
+        if isinstance(e, ast.Call):
+            return self.call(e, [self.sign(a) for a in e.args])
+        return _ANY
+
+    def binop(self, op: str, a: Sign, b: Sign, right: ast.Expr) -> Sign:
+        if op == "+":
+            return _plus(a, b)
+        if op == "-":
+            return _plus(a, _flip(b))
+        if op in ("*", "/"):
+            return _times(a, b - {"0"} if op == "/" else b) or _ANY
+        if op == "@":  # a sum of products
+            terms = _times(a, b)
+            return terms if terms <= _NONNEGATIVE or terms <= {"-", "0"} else _ANY
+        if op == "**":
+            if a <= {"+"}:
+                return a
+            if isinstance(right, ast.Number) and right.value == int(right.value):
+                even = int(right.value) % 2 == 0
+                return frozenset("+" if even and x == "-" else x for x in a)
+            return a if a <= _NONNEGATIVE else _ANY
+        return _NONNEGATIVE  # a comparison: 0 or 1
+
+    def call(self, e: ast.Call, args: list[Sign]) -> Sign:
+        f = e.func
+        if f in ("log", "sqrt"):
+            self.check(e, args[0])
+            return _ANY if f == "log" or "+" not in args[0] else args[0] - {"-"}
+        if f in _POSITIVE_FUNCTIONS:
+            return frozenset("+")
+        if f == "tanh":
+            return args[0]
+        if f == "relu":
+            return _extreme(args[0], frozenset("0"), max)
+        if f == "abs":
+            return frozenset("+" if x == "-" else x for x in args[0])
+        if f in ("maximum", "minimum"):
+            return _extreme(args[0], args[1], max if f == "maximum" else min)
+        if f == "where":
+            return args[1] | args[2]
+        if f == "concat":
+            return frozenset().union(*args)
+        return _ANY  # layer_norm
+
+    def check(self, e: ast.Call, arg: Sign) -> None:
+        value = e.args[0]
+        text = _text(value)
+        padded = f"({text})" if isinstance(value, ast.BinOp) and value.op in "<><=>=" else text
+        if "+" not in arg:
+            at_zero = "-inf" if e.func == "log" else "0, with an infinite derivative"
+            result = " or ".join({"-": "NaN", "0": at_zero}[x] for x in sorted(arg))
+            _warn(
+                f"`{e.func}` of `{text}`, which is never positive: the result is {result}",
+                value.span,
+                f"`{e.func}` needs a positive value: check the signs in `{text}`",
+            )
+        elif "0" in arg and "-" not in arg:
+            why = (
+                "log(0) is -inf"
+                if e.func == "log"
+                else "the derivative of sqrt at 0 is infinite, so gradients become inf or NaN"
+            )
+            _warn(
+                f"`{e.func}` of `{text}`, which is 0 for some inputs: {why}",
+                value.span,
+                f"add a small constant: `{e.func}({padded} + 1e-6)`",
+            )
+
+
 # ---------------------------------------------------------------- the checker
 @dataclass
 class _Param:
@@ -627,7 +758,7 @@ class _Checker:
                     "pass vectors only; a parameter can be declared as one, e.g. `param k: [1]`",
                 )
             if isinstance(s, _ShapeVar) or isinstance(s[0], _DimVar):
-                unknown = [n for n in _names(arg) if not self.is_complete(n)] or ["W"]
+                unknown = self.incomplete_params(arg) or ["W"]
                 raise ShapeInferenceError(
                     f"cannot infer the length of `{_text(arg)}` inside concat (so far {_show(s)})",
                     arg.span,
@@ -637,6 +768,22 @@ class _Checker:
         total = self.u.sum_dims([s[0] for s in resolved])
         assert total is not None
         return (total,)
+
+    def incomplete_params(self, expr: ast.Expr) -> list[str]:
+        """The parameters with a shape still (partly) unknown that ``expr`` reads,
+        directly or through the local values it reads, in the order of the text."""
+        found: list[str] = []
+        pending, seen = _names(expr), set()
+        while pending:
+            name = pending.pop(0)
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in self.bindings:
+                pending[:0] = _names(self.bindings[name][0].value)
+            elif not self.is_complete(name):
+                found.append(name)
+        return found
 
     def is_complete(self, name: str) -> bool:
         """Whether ``name`` is not a parameter with a shape still (partly) unknown."""
@@ -674,6 +821,7 @@ class _Checker:
                     self.check_declared(stmt, shape)
                 self.bindings[stmt.target] = (stmt, shape)
         self.finish()
+        _Signs().warn(self.cell)
         return _Builder(self)
 
     def not_a_state(self, stmt: ast.Assign) -> None:
@@ -840,12 +988,23 @@ class _Builder:
 
 def check_cell(cell: ast.Cell) -> ir.CellIR:
     """Check one cell and return its IR, or raise an :class:`~rnnc.errors.RnncError`."""
+    _check_depth(cell)
     return _Checker(cell).run().build()
+
+
+def _check_depth(cell: ast.Cell) -> None:
+    """Reject expressions nested deeper than :data:`ast.MAX_DEPTH` (the parser rejects
+    them in text; the Python DSL builds trees of any depth), which the recursive walks
+    below could not take."""
+    for stmt in cell.body:
+        if isinstance(stmt, ast.Assign) and (part := ast.too_deep(stmt.value)) is not None:
+            raise ast.too_deep_error(part.span)
 
 
 def local_values(cell: ast.Cell) -> dict[str, ir.Node]:
     """The IR node of each local value of a cell (outputs included), by name, in the
     order of the body: for labelling the IR where people read it (``rnnc show``)."""
+    _check_depth(cell)
     builder = _Checker(cell).run()
     builder.build()
     return dict(builder.values)

@@ -69,7 +69,7 @@ from typing import Any, TypeAlias
 from rnnc import ir
 from rnnc.check import FUNCTIONS, check_cell
 from rnnc.errors import (
-    CellSyntaxError,
+    DslError,
     DuplicateDefinitionError,
     MissingNextStateError,
     MissingOutputError,
@@ -259,9 +259,9 @@ def _site(trace: _Trace | None = None) -> _Site:
 
 
 # ---------------------------------------------------------------- errors
-def _misuse(message: str, span: Span | None, fix: str) -> CellSyntaxError:
-    """Python that the cell language cannot express (a DSL syntax error)."""
-    return CellSyntaxError(message, span, fix)
+def _misuse(message: str, span: Span | None, fix: str) -> DslError:
+    """Python that the cell language cannot express."""
+    return DslError(message, span, fix)
 
 
 def _text(span: Span) -> str:
@@ -1303,7 +1303,7 @@ def _arguments(
             if positional_only
             else f"takes more than one argument besides the inputs and states: {', '.join(extra)}"
         )
-        raise CellSyntaxError(
+        raise DslError(
             f"the function of cell `{trace.name}` {problem}",
             def_span,
             "take one argument per input and state, by name, then one for the parameters: "
@@ -1373,7 +1373,7 @@ def _returned(
             if result is None
             else f"a {type(result).__name__}"
         )
-        raise CellSyntaxError(
+        raise DslError(
             f"the function of cell `{trace.name}` must return two dicts "
             f"(next states, outputs), but it returned {got}",
             ret_span,

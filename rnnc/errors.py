@@ -21,6 +21,7 @@ __all__ = [
     "ArgumentCountError",
     "CellSyntaxError",
     "CheckpointError",
+    "DslError",
     "DuplicateDefinitionError",
     "InputDtypeError",
     "InputShapeError",
@@ -61,8 +62,10 @@ class Span:
 
     def source_line(self) -> str:
         if self.text is not None:
-            lines = self.text.splitlines()
-            return lines[self.line - 1] if 0 < self.line <= len(lines) else ""
+            # Lines end at "\n" only, as the parser counts them (str.splitlines would
+            # also break at a form feed or U+2028, which a cell may hold in a comment).
+            lines = self.text.split("\n")
+            return lines[self.line - 1].removesuffix("\r") if 0 < self.line <= len(lines) else ""
         return linecache.getline(self.filename, self.line).rstrip("\n")
 
     def render(self) -> str:
@@ -135,6 +138,11 @@ def _error(name: str, doc: str, base: type[RnncError] = RnncError) -> type[RnncE
 
 
 CellSyntaxError = _error("CellSyntaxError", "The text of a cell does not follow the grammar.")
+DslError = _error(
+    "DslError",
+    "Python that the cell language cannot express (in a function decorated with @rnnc.cell).",
+    CellSyntaxError,
+)
 UnknownNameError = _error(
     "UnknownNameError", "A function, a primed state or a dimension that does not exist."
 )

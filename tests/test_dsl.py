@@ -370,7 +370,7 @@ def test_a_symbolic_value_has_no_truth_value():
         f"    {LINES[line - 1]}\n"
         f"    {' ' * (column - 1)}^^^^^\n"
         "fix: choose between values elementwise with rnnc.where(condition, a, b)\n"
-        "see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#cellsyntaxerror"
+        "see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#dslerror"
     )
 
 
@@ -400,7 +400,7 @@ def test_bad_return_structure():
         f"    {LINES[line - 1]}\n"
         f"    {' ' * (column - 1)}{'^' * len(returned)}\n"
         'fix: end it with return {"h": h_next}, {"y": ...}\n'
-        "see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#cellsyntaxerror"
+        "see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#dslerror"
     )
 
 

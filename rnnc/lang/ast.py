@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rnnc.errors import Span
+from rnnc.errors import CellSyntaxError, Span
 
 NOWHERE = Span("<unknown>", 0, 0, 0, 0)
 
@@ -92,6 +92,41 @@ class Call:
 
 
 Expr = Number | Name | Primed | BinOp | Neg | Call
+
+#: How deeply expressions may nest (``-(-(-x))`` is 4 deep, and so is ``a + b + c + d``
+#: without parentheses). Deeper expressions are rejected: every stage after the parser
+#: walks expressions recursively. Intermediate values on their own lines have no limit.
+MAX_DEPTH = 200
+
+
+def subexpressions(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, BinOp):
+        return (e.left, e.right)
+    if isinstance(e, Neg):
+        return (e.operand,)
+    if isinstance(e, Call):
+        return e.args
+    return ()
+
+
+def too_deep(e: Expr) -> Expr | None:
+    """The outermost part of ``e`` that lies deeper than :data:`MAX_DEPTH`, if any
+    (found without recursion, so any depth can be measured)."""
+    stack = [(e, 1)]
+    while stack:
+        part, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return part
+        stack.extend((sub, depth + 1) for sub in reversed(subexpressions(part)))
+    return None
+
+
+def too_deep_error(span: Span) -> CellSyntaxError:
+    return CellSyntaxError(
+        f"this expression is nested more than {MAX_DEPTH} levels deep",
+        span,
+        "give parts of it names on lines of their own (`a = ...`) and use the names",
+    )
 
 
 # ---------------------------------------------------------------- statements

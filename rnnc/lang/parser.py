@@ -9,10 +9,11 @@ a table of typical mistakes (the idea of Lark's ``match_examples``).
 from __future__ import annotations
 
 import functools
+import math
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedInput,
@@ -24,7 +25,10 @@ from lark.indenter import DedentError, Indenter
 from rnnc.errors import CellSyntaxError, RnncError, Span
 from rnnc.lang import ast
 
-__all__ = ["grammar_path", "grammar_text", "parse_module"]
+__all__ = ["MAX_DIMENSION", "grammar_path", "grammar_text", "parse_module"]
+
+#: The largest number a dimension may be written with.
+MAX_DIMENSION = 2**31 - 1
 
 
 def grammar_path() -> Path:
@@ -49,6 +53,20 @@ class _CellIndenter(Indenter):
     INDENT_type = "_INDENT"
     DEDENT_type = "_DEDENT"
     tab_len = 8
+    #: The line break last read: where a :class:`DedentError` is.
+    last_newline: Token | None = None
+
+    def handle_NL(self, token: Token):  # noqa: N802 - Lark's name
+        self.last_newline = token
+        yield from super().handle_NL(token)
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of ``text`` as the parser numbers them: split at "\n" only."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    return lines
 
 
 @functools.cache
@@ -275,6 +293,19 @@ _BAD_CHARACTERS = {
 }
 
 
+def _clip(token: str, width: int = 24) -> str:
+    """A long token shortened for a message."""
+    return token if len(token) <= width else token[: width - 3] + "..."
+
+
+def _show_char(char: str) -> str:
+    """A character for a message: ```$` ``, or its code point when it does not print
+    (``U+000D``, a carriage return)."""
+    if char.isprintable():
+        return f"`{char}`"
+    return f"U+{ord(char):04X}" + (" (a carriage return)" if char == "\r" else "")
+
+
 def _context(exc: UnexpectedToken) -> tuple[int, frozenset[str]]:
     """What identifies the place of a syntax error: the LALR state and the terminals
     the parser would accept there."""
@@ -326,7 +357,7 @@ def _found(token: Token) -> str:
 def _error_span(exc: UnexpectedInput, text: str, filename: str) -> Span:
     """Where a syntax error is: the unexpected token, or the place of a bad character."""
     token = getattr(exc, "token", None)
-    lines = text.splitlines() or [""]
+    lines = _lines(text)
     if isinstance(token, Token) and token.type == "_INDENT":
         # Lark places the indent at the end of the line above; point at the indentation.
         line = token.end_line or exc.line
@@ -365,11 +396,12 @@ def _syntax_error(exc: UnexpectedInput, parser: Lark, text: str, filename: str) 
         char = line[span.column - 1 : span.column]
         if char == '"':  # the lexer read `""` as an empty string: point at the first quote
             start = len(line[: span.column - 1].rstrip('"')) + 1
-            span = Span(filename, span.line, start, span.line, start + 3, text)
+            quotes = len(line[start - 1 :]) - len(line[start - 1 :].lstrip('"'))
+            span = Span(filename, span.line, start, span.line, start + min(quotes, 3), text)
         message, fix = _BAD_CHARACTERS.get(
             char,
             (
-                f"unexpected character `{char}`",
+                f"unexpected character {_show_char(char)}",
                 "remove it; grammar/README.md lists what a cell may hold",
             ),
         )
@@ -421,9 +453,15 @@ class _ToAst(Transformer):
             self.text,
         )
 
-    @staticmethod
-    def _number(token: Token) -> float:
-        return float(token)
+    def _number(self, token: Token) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            raise CellSyntaxError(
+                f"the number {_clip(token)} is too large: it is infinite as a float",
+                self._span(token),
+                "write a number below 1.8e308",
+            )
+        return value
 
     @v_args(meta=True)
     def start(self, meta, cells):
@@ -432,8 +470,13 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def cell(self, meta, items):
         name, inputs, outputs, doc, *body = items
-        span = self._span(meta)
-        lines = self.text.splitlines()[meta.line - 1 : meta.end_line]
+        # The cell's place ends with its last line that is not blank (Lark's includes
+        # the line breaks after it, up to the next cell or past the end of the file).
+        lines = _lines(self.text)[meta.line - 1 : meta.end_line]
+        while len(lines) > 1 and not lines[-1].strip():
+            lines.pop()
+        end_line = meta.line + len(lines) - 1
+        span = Span(self.filename, meta.line, meta.column, end_line, len(lines[-1]) + 1, self.text)
         return ast.Cell(
             str(name), inputs or (), outputs or (), doc, tuple(body), span, "\n".join(lines) + "\n"
         )
@@ -460,14 +503,19 @@ class _ToAst(Transformer):
         return ast.Dim(tuple(terms), self._span(meta))
 
     def _whole(self, token: Token) -> int:
-        value = float(token)
-        if value != int(value) or "." in token or "e" in token.lower():
+        if not token.isdigit():
             raise CellSyntaxError(
                 f"a dimension must be a whole number, not {token}",
                 self._span(token),
                 "write a whole number such as `4`",
             )
-        return int(value)
+        if len(token.lstrip("0")) > len(str(MAX_DIMENSION)) or int(token) > MAX_DIMENSION:
+            raise CellSyntaxError(
+                f"the dimension {_clip(token)} is too large",
+                self._span(token),
+                f"write a number of at most {MAX_DIMENSION}, or a dimension's name",
+            )
+        return int(token)
 
     def dim_int(self, items):
         return (self._whole(items[0]), None)
@@ -556,7 +604,7 @@ class _ToAst(Transformer):
 
 
 def _dedent_doc(body: str) -> str:
-    lines = body.strip("\n").splitlines()
+    lines = [line.removesuffix("\r") for line in body.strip("\r\n").split("\n")]
     indents = [len(x) - len(x.lstrip()) for x in lines[1:] if x.strip()]
     cut = min(indents, default=0)
     return (
@@ -578,8 +626,9 @@ def parse_module(text: str, filename: str = "<string>") -> ast.Module:
         tree = parser.parse(source)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, parser, source, filename) from None
-    except DedentError as exc:
-        raise _dedent_error(exc, source, filename) from None
+    except DedentError:
+        raise _dedent_error(parser, source, filename) from None
+    _check_depth(tree, source, filename)
     try:
         cells = _ToAst(filename, source).transform(tree)
     except VisitError as exc:
@@ -589,27 +638,34 @@ def parse_module(text: str, filename: str = "<string>") -> ast.Module:
     return ast.Module(cells, filename)
 
 
-def _dedent_error(exc: DedentError, text: str, filename: str) -> CellSyntaxError:
-    # Lark's Indenter does not say where; find the first line whose indentation is
-    # deeper than the line after the header but shallower than the previous one.
-    stack = [0]
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.lstrip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        indent = len(line) - len(stripped)
-        if indent > stack[-1]:
-            stack.append(indent)
-            continue
-        while indent < stack[-1]:
-            stack.pop()
-        if indent != stack[-1]:
-            span = Span(filename, number, 1, number, indent + 1, text)
-            return CellSyntaxError(
-                "this line's indentation matches no enclosing block",
-                span,
-                "indent every statement of a cell body by the same amount",
-            )
+#: The rules of the grammar that make an expression.
+_EXPRESSIONS = {"add", "sub", "mul", "div", "matmul", "pow", "neg", "compare", "call"}
+_EXPRESSIONS |= {"number", "name", "primed"}
+
+
+def _check_depth(tree: Tree, text: str, filename: str) -> None:
+    """Reject expressions deeper than :data:`ast.MAX_DEPTH` before the transformer, which
+    recurses, meets them."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        depth += node.data in _EXPRESSIONS
+        if depth > ast.MAX_DEPTH:
+            meta = node.meta
+            end = meta.end_column if meta.end_line == meta.line else meta.column + 1
+            raise ast.too_deep_error(Span(filename, meta.line, meta.column, meta.line, end, text))
+        children = [c for c in node.children if isinstance(c, Tree)]
+        stack.extend((child, depth) for child in reversed(children))  # leftmost first
+
+
+def _dedent_error(parser: Lark, text: str, filename: str) -> CellSyntaxError:
+    """Lark's Indenter says only that a line's indentation is wrong, not which line:
+    it is the one after the line break the indenter read last."""
+    newline = parser.options.postlex.last_newline
+    line = newline.end_line if newline is not None else 1
+    indent = newline.rsplit("\n", 1)[-1] if newline is not None else ""
     return CellSyntaxError(
-        str(exc), None, "indent every statement of a cell body by the same amount"
+        "this line's indentation matches no enclosing block",
+        Span(filename, line, 1, line, len(indent) + 1, text),
+        "indent every statement of a cell body by the same amount",
     )
