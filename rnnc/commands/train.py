@@ -142,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
             given["time_budget"] = DEFAULT_CORPUS_BUDGET
         result = train(TrainConfig(**given))
     best = result.best_checkpoint
-    print(f"\n{result.sample}\n")
     print(
         f"done: {result.steps} steps ({result.epoch:.2f} epochs, stopped by {result.stopped}) in "
         f"{result.wall_time:.0f} s ({result.compile_time:.0f} s compiling), "

@@ -523,7 +523,7 @@ class _Run:
             f"validation loss {val:.4f} nats/char; saved {path}\n--- sample ---\n{text}\n---"
         )
         if self.config.progress:
-            bar.write(message, file=sys.stderr)
+            bar.write(message, file=sys.stdout)  # clears and redraws the bar on stderr
         else:
             self.out(message)
         _plot(self.csv, self.dir / f"{self.savefile}_loss.png")
