@@ -342,3 +342,11 @@ def test_a_killed_run_leaves_whole_checkpoints_and_resumes(tmp_path):
     with open(result.log, newline="") as f:  # what the killed run logged after it is gone
         logged = [int(r["step"]) for r in csv.DictReader(f) if r["loss"]]
     assert logged == list(range(1, max(steps) + 2))
+
+
+def test_time_budget_counts_training_not_compilation(tmp_path):
+    result = train(
+        config(tmp_path, max_steps=None, epochs=1e6, time_budget=0.3), text=TINY, out=quiet
+    )
+    assert result.stopped == "time budget" and result.steps >= 1
+    assert result.best_checkpoint is not None and result.best_checkpoint.exists()

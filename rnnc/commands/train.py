@@ -79,8 +79,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     opt(
         r,
         "--time-budget",
-        "stop after this much wall time, compilation included "
-        f"(default: {DEFAULT_CORPUS_BUDGET:g} without --data, else none)",
+        "stop after this many seconds of training (compilation not counted; "
+        f"default: {DEFAULT_CORPUS_BUDGET:g} without --data, else none)",
         type=float,
         metavar="SECONDS",
     )

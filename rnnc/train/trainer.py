@@ -56,8 +56,8 @@ class TrainConfig:
     ``decay_rate`` (RMSprop's), ``momentum`` (SGD's), ``lr_decay`` applied per epoch
     from epoch ``lr_decay_after`` on, ``grad_clip`` (by value, char-rnn's),
     ``clip_norm`` (by global norm), ``weight_decay``. Length: ``epochs``,
-    ``max_steps``, ``time_budget`` (seconds of wall time of this call, compilation
-    included).
+    ``max_steps``, ``time_budget`` (seconds of training in this call, validations
+    included, compilation not: the first compilation of a model takes 10 to 75 s).
     Output: ``eval_every`` steps (and at the end), ``checkpoint_dir``, ``savefile``
     (default: the cell's name), ``sample_length`` and ``temperature`` of the sample
     shown at each validation, ``progress`` (the tqdm bar; without it a line every
@@ -426,9 +426,10 @@ class _Run:
         train_time, train_steps = 0.0, 0
         validated_at = -1
         sample_text = ""
+        started = time.perf_counter()
         try:
             while self.step < total:
-                if c.time_budget is not None and time.perf_counter() - self.start >= c.time_budget:
+                if c.time_budget is not None and time.perf_counter() - started >= c.time_budget:
                     stopped = "time budget"
                     break
                 b = self.step % n_train
