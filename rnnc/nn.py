@@ -46,6 +46,13 @@ def _check_size(what: str, size: Any) -> int:
     return int(size)
 
 
+def _shared(value: np.ndarray, name: str) -> Any:
+    """A shared variable with a static shape (the JAX backend needs one; axes of size 1
+    stay dynamic, as in :class:`rnnc.Recurrent`, so that they do not broadcast)."""
+    static = tuple(n if n != 1 else None for n in value.shape)
+    return pytensor.shared(value, name=name, shape=static)
+
+
 def one_hot(ids: Any, depth: int, dtype: str = "float32") -> TensorVariable:
     """The one-hot code of integer ``ids`` (any shape): a new last axis of size ``depth``.
 
@@ -87,7 +94,7 @@ class Embedding:
         self.dtype = _check_dtype(dtype)
         rng = np.random.default_rng(seed)
         value = initialize(init[0], init[1], (self.vocab, self.dim), rng).astype(dtype)
-        self.params = {"W": pytensor.shared(value, name=f"{name}.W")}
+        self.params = {"W": _shared(value, f"{name}.W")}
 
     def __call__(self, ids: Any) -> TensorVariable:
         ids = pt.as_tensor_variable(ids)
@@ -128,9 +135,9 @@ class Dense:
         self.dtype = _check_dtype(dtype)
         rng = np.random.default_rng(seed)
         W = initialize(init[0], init[1], (self.n_in, self.n_out), rng).astype(dtype)
-        self.params = {"W": pytensor.shared(W, name=f"{name}.W")}
+        self.params = {"W": _shared(W, f"{name}.W")}
         if bias:
-            self.params["b"] = pytensor.shared(np.zeros(self.n_out, dtype), name=f"{name}.b")
+            self.params["b"] = _shared(np.zeros(self.n_out, dtype), f"{name}.b")
 
     def __call__(self, x: Any) -> TensorVariable:
         x = pt.as_tensor_variable(x)
@@ -156,6 +163,9 @@ class Dropout:
     The random generator is a shared variable (``.rng``); the graph's updates
     (``.updates``, filled by each call) advance it, and its state can be saved and
     restored (``get_state``/``set_state``) so that a resumed run draws the same masks.
+    The JAX backend copies the generator into its own, so there the saved state does
+    not follow the draws (:class:`rnnc.train.model.DropoutMasks` draws masks in NumPy
+    and works with every backend).
     """
 
     def __init__(self, p: float, *, seed: int = 0) -> None:

@@ -26,10 +26,10 @@ from rnnc import ir
 from rnnc.compile import default_backend, function, load_cell, parse
 from rnnc.errors import CheckpointError, OptionError
 from rnnc.layers import Recurrent
-from rnnc.nn import Dense, Dropout, Embedding, one_hot, sequence_cross_entropy
+from rnnc.nn import Dense, Embedding, one_hot, sequence_cross_entropy
 from rnnc.train.optim import Optimizer
 
-__all__ = ["CompiledModel", "LanguageModel", "State", "training_backend"]
+__all__ = ["CompiledModel", "DropoutMasks", "LanguageModel", "State", "training_backend"]
 
 #: The carried state of a model: per layer, state name -> ``[batch, ...]`` array.
 State = list[dict[str, np.ndarray]]
@@ -138,7 +138,12 @@ class LanguageModel:
             self.layers.append(layer)
             in_size = ir.shape_size(self.cell.outputs[self.output_name].shape, layer.sizes)[0]
         self.head = Dense(in_size, vocab_size, dtype=dtype, seed=seed + 100, name="head")
-        self.dropout = Dropout(dropout, seed=seed + 200)
+        self.dropout = DropoutMasks(dropout, dtype, seed=seed + 200)
+        #: the size of each dropped tensor: the inputs of layers 1.. and the top output
+        self.dropout_sizes = [
+            ir.shape_size(self.cell.outputs[self.output_name].shape, layer.sizes)[0]
+            for layer in self.layers
+        ]
 
     # ---------------------------------------------------------------- description
     def options(self) -> dict[str, Any]:
@@ -224,19 +229,21 @@ class LanguageModel:
 
     # ---------------------------------------------------------------- graphs
     def forward(
-        self, ids: Any, state: Sequence[dict[str, Any]], training: bool = False
+        self, ids: Any, state: Sequence[dict[str, Any]], masks: Sequence[Any] | None = None
     ) -> tuple[Any, list[dict[str, Any]]]:
         """Logits ``[batch, time, vocab]`` for ``ids`` ``[batch, time]`` and the final
-        states, starting from ``state`` (one dict per layer)."""
+        states, starting from ``state`` (one dict per layer). ``masks`` (training with
+        dropout) multiply the input of every layer but the first and the top output."""
         x = self.embedding(ids) if self.embedding else one_hot(ids, self.vocab_size, self.dtype)
         finals = []
         for k, layer in enumerate(self.layers):
-            if k > 0:
-                x = self.dropout(x, training)
+            if k > 0 and masks:
+                x = x * masks[k - 1]
             out = layer(x, initial_state=state[k])
             x = out.outputs[self.output_name]
             finals.append(out.state)
-        x = self.dropout(x, training)
+        if masks:
+            x = x * masks[-1]
         return self.head(x), finals
 
     def _state_vars(self, batch: int | None) -> list[dict[str, Any]]:
@@ -278,26 +285,56 @@ class LanguageModel:
         if "train" in parts:
             if optimizer is None:
                 raise OptionError("compiling the training step needs an optimizer")
-            self.dropout.updates.clear()
             s0 = self._state_vars(batch)
-            logits, finals = self.forward(x, s0, training=True)
+            masks = [
+                pt.tensor(f"keep{k}", dtype=self.dtype, shape=(batch, time, n))
+                for k, n in enumerate(self.dropout_sizes)
+            ]
+            logits, finals = self.forward(x, s0, masks if self.dropout.p else None)
             loss = sequence_cross_entropy(logits, y)
             updates, norm = optimizer.updates(self.params, loss)
-            updates += list(self.dropout.updates.items())
-            train = function(
-                [x, y, *flat(s0)], [loss, norm, *flat(finals)], backend, updates=updates
-            )
+            inputs = [x, y, *flat(s0), *(masks if self.dropout.p else [])]
+            train = function(inputs, [loss, norm, *flat(finals)], backend, updates=updates)
         if "eval" in parts:
             s0 = self._state_vars(batch)
-            logits, finals = self.forward(x, s0, training=False)
+            logits, finals = self.forward(x, s0)
             loss = sequence_cross_entropy(logits, y)
             evaluate = function([x, y, *flat(s0)], [loss, *flat(finals)], backend)
         if "step" in parts:
             s0 = self._state_vars(1)
             token = pt.tensor("token", dtype="int32", shape=(1,))
-            logits, finals = self.forward(token[:, None], s0, training=False)
+            logits, finals = self.forward(token[:, None], s0)
             step = function([token, *flat(s0)], [logits[:, 0, :], *flat(finals)], backend)
         return CompiledModel(self, names, train, evaluate, step)
+
+
+class DropoutMasks:
+    """Inverted-dropout masks drawn with NumPy and fed to the training step.
+
+    Drawn outside the graph so that every backend (JAX copies PyTensor's random
+    generators into its own) sees the same masks, and so that the generator's state
+    is a NumPy one a checkpoint can save and restore exactly.
+    """
+
+    def __init__(self, p: float, dtype: str, seed: int) -> None:
+        if not 0.0 <= p < 1.0:
+            raise OptionError(f"dropout must be in [0, 1), not {p}")
+        self.p = float(p)
+        self.dtype = dtype
+        self.rng = np.random.default_rng(seed)
+
+    def draw(self, shape: tuple[int, int], sizes: Sequence[int]) -> list[np.ndarray]:
+        """One mask ``[batch, time, size]`` per size: 0 with probability ``p``, else
+        ``1 / (1 - p)``."""
+        scale = np.asarray(1.0 / (1.0 - self.p), self.dtype)
+        return [(self.rng.random((*shape, n)) >= self.p).astype(self.dtype) * scale for n in sizes]
+
+    def get_state(self) -> dict[str, Any]:
+        """The generator's state (JSON-serialisable)."""
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state
 
 
 @dataclass
@@ -322,7 +359,9 @@ class CompiledModel:
 
     def train(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, float, State]:
         """One optimiser step on a batch; returns loss, gradient norm, final state."""
-        loss, norm, *rest = self.train_fn(x, y, *self._flat(state))
+        drop = self.model.dropout
+        masks = drop.draw(x.shape, self.model.dropout_sizes) if drop.p else []
+        loss, norm, *rest = self.train_fn(x, y, *self._flat(state), *masks)
         return float(loss), float(norm), self._unflat(rest)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, State]:

@@ -126,7 +126,9 @@ class Optimizer:
                 key = f"{n}/{s}"
                 if key not in self.state:
                     zero = np.zeros_like(p.get_value(borrow=True))
-                    self.state[key] = pytensor.shared(zero, name=f"{self.name}.{key}")
+                    self.state[key] = pytensor.shared(
+                        zero, name=f"{self.name}.{key}", shape=p.type.shape
+                    )
                 slots[s] = self.state[key]
             lr = pt.cast(self.lr, p.dtype)
             new_p, new_slots = self.rule(p, g, lr, slots, t)
