@@ -114,6 +114,11 @@ class CellGen:
     ch: Chooser
     safe: bool = True
     depth: int = 3
+    max_states: int = 3
+    max_outputs: int = 3
+    #: Every next state and output reads an input or a state (none is a function of
+    #: parameters alone).
+    anchored: bool = False
     params: dict[str, ir.ParamSpec] = field(default_factory=dict)
     #: Parameters the text must declare: inference would give them another shape
     #: (a scalar, a vector on either side of ``@``).
@@ -240,7 +245,7 @@ class CellGen:
     def next_value(self, old: ir.Node) -> ir.Node:
         """The next value of a state: bounded, so long runs stay finite."""
         shape = old.shape
-        e = self.expr(shape)
+        e = self.anchor(self.expr(shape))
         kind = self.ch.choice(["tanh", "tanh", "sigmoid", "mix"] + ["norm"] * bool(shape))
         if kind == "mix":
             g = node("sigmoid", (self.expr(shape, 1),), shape)
@@ -253,6 +258,12 @@ class CellGen:
             return node("layer_norm", (e,), shape)
         return node(kind, (e,), shape)
 
+    def anchor(self, e: ir.Node) -> ir.Node:
+        """``e``, plus a product of an input or a state where ``anchored`` asks for it."""
+        if self.anchored and not e.batched:
+            return node("add", (e, self.product(e.shape, 0)), e.shape)
+        return e
+
     def cell(self, name: str = "rand") -> ir.CellIR:
         ch = self.ch
         inputs = {"x": I}
@@ -261,7 +272,7 @@ class CellGen:
         for n, s in inputs.items():
             self.pool.setdefault(s, []).append(node("input", (), s, n))
         states: dict[str, ir.StateSpec] = {}
-        for n in ["h", "c", "m"][: ch.integer(1, 3)]:
+        for n in ["h", "c", "m"][: ch.integer(1, self.max_states)]:
             shape = ch.choice([H, H, I, S])
             if ch.coin(0.2):
                 states[n] = ir.StateSpec(shape, "learned")
@@ -273,11 +284,18 @@ class CellGen:
             nexts[n] = self.next_value(node("state", (), spec.shape, n))
             if ch.coin(0.7):  # later lines may read the new value
                 self.pool.setdefault(spec.shape, []).append(nexts[n])
-        outputs = {f"y{i}": self.expr(ch.choice([H, H, I, S, HI])) for i in range(ch.integer(1, 3))}
+        outputs = {}
+        for i in range(ch.integer(1, self.max_outputs)):
+            outputs[f"y{i}"] = self.anchor(self.expr(ch.choice([H, H, I, S, HI])))
         used = {n.value for n in ir.walk([*nexts.values(), *outputs.values()]) if n.op == "input"}
         for n in sorted(inputs.keys() - used):
             x = node("input", (), inputs[n], n)
             outputs[f"y{len(outputs)}"] = node("matmul", (x, self.param((*inputs[n], "H"))), H)
+        # The reference interpreter reads the size of H from the arrays of the inputs and
+        # parameters (rnnc.reference.infer_sizes): some array must have a plain H.
+        if not any("H" in p.shape for p in self.params.values()) and "u" not in inputs:
+            x = node("input", (), I, "x")
+            outputs[f"y{len(outputs)}"] = node("matmul", (x, self.param(("I", "H"))), H)
         for n, spec in states.items():
             if spec.init == "learned":
                 self.params[f"{n}0"] = ir.ParamSpec(spec.shape, "zeros")
@@ -295,6 +313,10 @@ def _loose_params(n: ir.Node) -> set[str]:
 
 def random_ir(ch: Chooser, safe: bool = True) -> ir.CellIR:
     return CellGen(ch, safe).cell()
+
+
+#: Smaller cells, for tests that compile them (a scan's gradient compiles slowly).
+SMALL = {"depth": 2, "max_states": 2, "max_outputs": 2, "anchored": True}
 
 
 def random_cells():
@@ -421,11 +443,12 @@ class Generated:
     ir: ir.CellIR
 
 
-def valid_cell(ch: Chooser, safe: bool = True) -> Generated:
-    """A random valid cell as text. Parameters are declared where the text asks for it:
-    at random, where inference would give another shape, and where the checker says it
-    cannot infer one (one at a time, until the text checks)."""
-    gen = CellGen(ch, safe)
+def valid_cell(ch: Chooser, safe: bool = True, **options: Any) -> Generated:
+    """A random valid cell as text (``options``: those of :class:`CellGen`). Parameters
+    are declared where the text asks for it: at random, where inference would give
+    another shape, and where the checker says it cannot infer one (one at a time, until
+    the text checks)."""
+    gen = CellGen(ch, safe, **options)
     cell = gen.cell()
     how = Rendering.draw(ch, cell, gen.must_declare)
     for _ in range(len(cell.params) + 1):

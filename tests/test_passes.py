@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cellgen import random_cells
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -159,71 +160,6 @@ def test_passes_are_pure():
 
 
 # ---------------------------------------------------------------- random cells
-H = ("H",)
-
-
-@st.composite
-def expressions(draw, depth: int, leaves: list[ir.Node], params: dict) -> ir.Node:
-    """A random vector expression of shape [H]."""
-
-    def param(shape: tuple) -> ir.Node:
-        name = f"p{len(params)}"
-        params[name] = ir.ParamSpec(shape)
-        return ir.Node("param", (), shape, name)
-
-    if depth == 0 or draw(st.integers(0, 3)) == 0:
-        kind = draw(st.sampled_from(["leaf", "leaf", "x@W", "h@W", "bias", "const"]))
-        if kind == "leaf":
-            return draw(st.sampled_from(leaves))
-        if kind == "x@W":
-            x = ir.Node("input", (), ("I",), "x")
-            return ir.Node("matmul", (x, param(("I", "H"))), H)
-        if kind == "h@W":
-            return ir.Node("matmul", (draw(st.sampled_from(leaves)), param(("H", "H"))), H)
-        if kind == "bias":
-            return param(H)
-        return ir.Node("const", (), (), draw(st.sampled_from([0.0, 1.0, 0.5, -2.0])))
-    op = draw(
-        st.sampled_from(
-            ["tanh", "sigmoid", "relu", "neg", "add", "sub", "mul", "max", "where", "matmul"]
-        )
-    )
-    sub = lambda: draw(expressions(depth - 1, leaves, params))  # noqa: E731
-    if op in ("tanh", "sigmoid", "relu", "neg"):
-        a = sub()
-        return ir.Node(op, (a,), a.shape if a.shape else ())
-    if op == "matmul":
-        return ir.Node("matmul", (sub_vector(sub()), param(("H", "H"))), H)
-    a, b = sub(), sub()
-    shape = H if H in (a.shape, b.shape) else ()
-    if op == "max":
-        return ir.Node("maximum", (a, b), shape)
-    if op == "where":
-        return ir.Node("where", (ir.Node("gt", (a, b), shape), a, b), shape)
-    return ir.Node(op, (a, b), shape)
-
-
-def sub_vector(node: ir.Node) -> ir.Node:
-    """``node`` as an [H] vector (a scalar constant is broadcast by adding zeros)."""
-    if node.shape == H:
-        return node
-    return ir.Node("add", (node, ir.Node("input", (), ("H",), "z")), H)
-
-
-@st.composite
-def random_cells(draw) -> ir.CellIR:
-    params: dict[str, ir.ParamSpec] = {}
-    states = {name: ir.StateSpec(H, value=0.1) for name in ["h", "c"][: draw(st.integers(1, 2))]}
-    leaves = [ir.Node("state", (), H, s) for s in states]
-    leaves += [ir.Node("input", (), H, "z")]
-    nxt = {
-        s: ir.Node("tanh", (sub_vector(draw(expressions(3, leaves, params))),), H) for s in states
-    }
-    out_leaves = leaves + list(nxt.values())
-    outputs = {f"y{i}": sub_vector(draw(expressions(2, out_leaves, params))) for i in range(2)}
-    return ir.CellIR("rand", {"x": ("I",), "z": H}, states, params, nxt, outputs)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_cells(), st.sampled_from(list(SINGLE)))
 def test_random_cells_keep_their_meaning(cell, which):
