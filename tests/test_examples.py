@@ -29,7 +29,8 @@ def load(relative: str):
     return module
 
 
-def test_char_rnn_train_and_sample(tmp_path, capsys):
+def test_char_rnn_train_and_sample(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else the commands set it for the process
     data = tmp_path / "input.txt"
     data.write_text(TEXT, encoding="utf-8")
     train = load("char_rnn/train.py")

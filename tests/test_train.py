@@ -232,7 +232,8 @@ def cli(argv):
     return args.run(args)
 
 
-def test_cli_train_and_sample(tmp_path, capsys):
+def test_cli_train_and_sample(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else the commands set it for the process
     data = tmp_path / "input.txt"
     data.write_text(TINY, encoding="utf-8")
     argv = ["train", "--data", str(data), "--rnn-size", "8", "--batch-size", "4"]
@@ -272,6 +273,7 @@ def test_cli_train_and_sample(tmp_path, capsys):
 
 
 def test_cli_defaults_are_char_rnns_and_default_corpus_runs_a_minute(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     seen = {}
 
     def fake_train(cfg):
@@ -350,3 +352,14 @@ def test_time_budget_counts_training_not_compilation(tmp_path):
     )
     assert result.stopped == "time budget" and result.steps >= 1
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
+
+
+def test_commands_use_one_blas_thread_unless_told(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    train_cmd.one_blas_thread()
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    train_cmd.one_blas_thread()
+    assert "OPENBLAS_NUM_THREADS" not in os.environ  # the user's choice stands
