@@ -35,8 +35,6 @@ from rnnc.lang.pretty import format_expr
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Dimension sizes for the generated cells (I and H only, so tests can share them).
-SIZES = {"I": 3, "H": 4}
 S: ir.Shape = ()
 H: ir.Shape = ("H",)
 I: ir.Shape = ("I",)  # noqa: E741 - the dimension's name
@@ -94,10 +92,6 @@ def node(op: str, args: tuple[ir.Node, ...], shape: ir.Shape, value: Any = None)
 
 def const(value: float) -> ir.Node:
     return node("const", (), S, float(value))
-
-
-def _broadcast(*shapes: ir.Shape) -> ir.Shape:
-    return max(shapes, key=len)
 
 
 @dataclass

@@ -282,3 +282,75 @@ def test_installed_console_script(tmp_path: Path):
     ]
     bad = subprocess.run([script, "check", "nothing.cell"], cwd=tmp_path, capture_output=True)
     assert bad.returncode == 1
+
+
+# ---------------------------------------------------------------- show --optimized
+def _cost_rows(out: str) -> dict[str, list[str]]:
+    """The rows of the cost table ``show --optimized`` prints, by region."""
+    rows = {}
+    for line in out.splitlines():
+        for region in ("before the loop", "in the loop", "after the loop"):
+            if line.startswith(f"  {region} "):
+                rows[region] = line[len(region) + 2 :].split()
+    return rows
+
+
+def test_show_optimized_lstm_has_one_product_in_the_loop(capsys):
+    status, out, err = _run(capsys, "show", "lstm", "--optimized", "--dims", "I=3,H=2")
+    assert (status, err) == (0, "")
+    assert out.startswith("cell lstm(x: [I]) -> (y: [H])\n")  # saved values stay internal
+    assert "step after the passes, for one example" in out
+    ir_text = out.split("step after the passes", 1)[1]
+    assert "before the loop, for every step at once:" in ir_text
+    assert "in the loop, step by step:" in ir_text
+    assert "after the loop, for every step at once:" in ir_text
+    assert "concat(" in ir_text and "_save0 = " in ir_text
+    # products and FLOPs (per example): after the passes, then as written
+    assert _cost_rows(out) == {
+        "before the loop": ["1", "64", "0", "0"],
+        "in the loop": ["1", "58", "8", "122"],
+        "after the loop": ["0", "0", "0", "0"],
+    }
+    assert "in all: 122 FLOPs per step after the passes, 122 as written" in out
+
+
+def test_show_optimized_matches_the_stats_module(capsys):
+    from rnnc.passes import optimize
+    from rnnc.passes.stats import cost
+
+    sizes = {"I": 128, "H": 256}
+    status, out, _ = _run(capsys, "show", "gru", "--optimized", "--dims", "I=128,H=256")
+    assert status == 0
+    fast = optimize(rnnc.load_cell("gru"), True, sizes)
+    c = cost(fast, sizes)
+    rows = _cost_rows(out)
+    assert rows["in the loop"][:2] == [str(c["loop"]["products"]), f"{c['loop']['flops']:,}"]
+    assert rows["before the loop"][0] == "1"  # the three input products, fused and hoisted
+    assert rows["in the loop"][0] == "1"  # the three state products, fused
+
+
+def test_show_optimized_sinks_an_output_projection(capsys):
+    path = str(VALID / "several_cells.cell")
+    argv = ("show", path, "--cell", "elman", "--optimized", "--dims", "I=4,H=5,O=6")
+    status, out, _ = _run(capsys, *argv)
+    assert status == 0
+    assert _cost_rows(out)["after the loop"][0] == "1"
+    assert _cost_rows(out)["in the loop"][0] == "1"
+
+
+def test_show_optimized_needs_dims(capsys):
+    status, out, err = _run(capsys, "show", "lstm", "--optimized")
+    assert (status, out) == (1, "")
+    assert err.splitlines()[:2] == [
+        "error: --optimized needs the size of every dimension: fuse writes numeric slice "
+        "bounds, and FLOPs are counted in numbers",
+        "fix: add --dims H=64,I=64",
+    ]
+
+
+def test_show_optimized_cell_without_dimensions(capsys, tmp_path: Path):
+    path = tmp_path / "double.cell"
+    path.write_text("cell double(x: [4]) -> (y: [4]):\n    y = 2 * x\n", encoding="utf-8")
+    status, out, _ = _run(capsys, "show", str(path), "--optimized")
+    assert status == 0
+    assert "in all: 4 FLOPs per step after the passes, 4 as written" in out

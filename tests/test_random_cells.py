@@ -79,8 +79,10 @@ def compare(cell: ir.CellIR, backend: str, optimize: bool, seed: int = 0, sizes=
     layer = rnnc.Recurrent(cell, backend=backend, dtype="float64", optimize=optimize, **sizes)
     for name, value in case.params.items():
         layer.params[name].set_value(value)
-    xs = {n: pt.tensor(n, dtype="float64", shape=(None,) * v.ndim) for n, v in case.inputs.items()}
-    mask = pt.matrix("mask", dtype="float64")
+    # JAX compiles for static shapes only
+    static = (lambda v: v.shape) if backend == "jax" else (lambda v: (None,) * v.ndim)
+    xs = {n: pt.tensor(n, dtype="float64", shape=static(v)) for n, v in case.inputs.items()}
+    mask = pt.tensor("mask", dtype="float64", shape=static(case.mask))
     out = layer(xs if len(xs) > 1 else next(iter(xs.values())), mask=mask, reverse=case.reverse)
     values = {**out.outputs, **out.state}
     loss = sum((pt.as_tensor(case.weights[k]) * values[k]).sum() for k in case.weights)
@@ -194,3 +196,13 @@ def test_a_cell_without_state_whose_outputs_all_leave_the_loop():
     # TypeError: 'NoneType' object is not subscriptable (the scan has no outputs)
     text = "cell c(x: [I]) -> (y: [H]):\n    y = tanh(x @ W)\n"
     compare(rnnc.parse(text)["c"], FAST, True, seed=0, sizes={"I": 2, "H": 4})
+
+
+@pytest.mark.xfail(strict=True, reason="lower on JAX: a hoisted value with a dimension of 1")
+def test_jax_hoisted_sum_with_a_dimension_of_one():
+    # TypeError: Shapes must be 1D sequences of concrete values of integer type, got
+    # (4, 3, JitTracer(int64[])): a parameter's dimension of size 1 is left dynamic
+    pytest.importorskip("jax")
+    text = "cell c(x: [I]) -> (y: [H]):\n    state h: [] = 1\n    h' = tanh(h + x @ w)\n"
+    text += "    param w: [I]\n    y = b + x @ W\n"
+    compare(rnnc.parse(text)["c"], "jax", True, seed=1, sizes={"I": 3, "H": 1})

@@ -9,6 +9,16 @@ such as ``lstm`` works too): the header and docstring, the inferred shape of eve
 name (inputs, states, parameters with their initialisers, local values, next states,
 outputs), and the IR of one step, one node per line. With ``--dims`` it also gives
 each shape in numbers and counts the parameters.
+
+::
+
+    $ rnnc show lstm --optimized --dims I=128,H=256
+
+shows the step after the passes (``rnnc.Recurrent``'s default ``optimize=True``): the
+IR split into the work done before the loop for every step at once, in the loop and
+after it, then the matrix products and FLOPs per step and example in each of those
+parts, beside the cell as written. ``--optimized`` needs ``--dims``: ``fuse`` writes the
+numeric bounds of the slices it makes, and FLOPs are counted in numbers.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ from rnnc.commands.check import load_cells, plural
 from rnnc.errors import MissingDimensionError, UnknownDimensionError, UnknownNameError
 from rnnc.ir_format import format_ir, format_signature, format_value
 from rnnc.lang.parser import parse_module
+from rnnc.passes import SAVED_PREFIX, optimize
+from rnnc.passes.stats import cost
 
 __all__ = ["add_parser", "format_cell", "parse_dims", "run"]
 
@@ -47,6 +59,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="I=64,H=256",
         type=parse_dims,
         help="sizes of the dimensions: shapes in numbers and the parameter count",
+    )
+    p.add_argument(
+        "--optimized",
+        action="store_true",
+        help=(
+            "show the IR after the passes, with the matrix products and FLOPs per step "
+            "before, in and after the loop (needs --dims)"
+        ),
     )
     return p
 
@@ -94,13 +114,50 @@ def _table(rows: list[list[str]]) -> list[str]:
     return [line.rstrip() for line in lines]
 
 
+_REGIONS = {"before": "before the loop", "loop": "in the loop", "after": "after the loop"}
+
+
+def format_cost(written: ir.CellIR, fast: ir.CellIR, sizes: Mapping[str, int]) -> list[str]:
+    """The lines that compare the cost per step of the optimised cell ``fast`` with the
+    cell as ``written``: matrix products and FLOPs (per example) in each region."""
+    after, before = cost(fast, sizes), cost(written, sizes)
+    rows = [("", "products", "FLOPs", "as written: products", "FLOPs")]
+    for region, title in _REGIONS.items():
+        a, b = after[region], before[region]
+        rows.append(
+            (title, str(a["products"]), f"{a['flops']:,}", str(b["products"]), f"{b['flops']:,}")
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [
+        "  "
+        + row[0].ljust(widths[0])
+        + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True))
+        for row in rows
+    ]
+    total = sum(c["flops"] for c in after.values())
+    return [
+        "",
+        "cost per step and example ([K] @ [K, N] counts 2*K*N FLOPs, elementwise 1 each):",
+        *lines,
+        f"  in all: {total:,} FLOPs per step after the passes, "
+        f"{sum(c['flops'] for c in before.values()):,} as written",
+    ]
+
+
 def format_cell(
     cell: ir.CellIR,
     sizes: Mapping[str, int] | None = None,
     locals_: Mapping[str, ir.Node] | None = None,
+    optimized: bool = False,
 ) -> str:
-    """The text ``rnnc show`` prints for one cell."""
+    """The text ``rnnc show`` prints for one cell; with ``optimized`` (which needs
+    ``sizes``) the step is shown after the passes, with its cost per step."""
     locals_ = locals_ or {}
+    step = cell
+    if optimized:
+        if sizes is None:
+            raise _needs_dims([cell])
+        step = optimize(cell, True, sizes)
 
     def shape(s: ir.Shape) -> list[str]:
         cols = [ir.format_shape(s)]
@@ -138,9 +195,28 @@ def format_cell(
     labels: dict[ir.Node, list[str]] = {}
     for name, node in locals_.items():
         labels.setdefault(node, []).append(name)
-    out += ["", "step, for one example (* marks values that depend on a state):"]
-    out.append(format_ir(cell, {node: ", ".join(names) for node, names in labels.items()}))
+    title = "step, for one example (* marks values that depend on a state):"
+    if optimized:
+        title = "step after the passes, for one example (* marks values that depend on a state):"
+    out += ["", title]
+    out.append(format_ir(step, {node: ", ".join(names) for node, names in labels.items()}))
+    if optimized:
+        if any(name.startswith(SAVED_PREFIX) for name in step.outputs):
+            out.append(
+                f"({SAVED_PREFIX}* outputs: values the loop keeps for the gradient, "
+                "so that the backward loop does not compute them again)"
+            )
+        out += format_cost(cell, step, sizes or {})
     return "\n".join(out)
+
+
+def _needs_dims(cells: list[ir.CellIR]) -> MissingDimensionError:
+    dims = sorted(set().union(*(c.dims() for c in cells)))
+    return MissingDimensionError(
+        "--optimized needs the size of every dimension: fuse writes numeric slice "
+        "bounds, and FLOPs are counted in numbers",
+        fix="add --dims " + (",".join(f"{d}=64" for d in dims) or "(none needed)"),
+    )
 
 
 def _initial(name: str, state: ir.StateSpec) -> str:
@@ -178,8 +254,14 @@ def run(args: argparse.Namespace) -> int:
                 fix=f"the cells there are: {', '.join(cells)}",
             )
         cells = {args.cell: cells[args.cell]}
+    if args.optimized and args.dims is None:
+        if any(c.dims() for c in cells.values()):
+            raise _needs_dims(list(cells.values()))
+        args.dims = {}
     if args.dims is not None:
         _check_sizes(list(cells.values()), args.dims)
-    texts = [format_cell(c, args.dims, _locals(path, name)) for name, c in cells.items()]
+    texts = [
+        format_cell(c, args.dims, _locals(path, name), args.optimized) for name, c in cells.items()
+    ]
     print("\n\n".join(texts))
     return 0
