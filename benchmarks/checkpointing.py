@@ -1,13 +1,14 @@
 """Gradient checkpointing: memory against time for the gradient of a long sequence.
 
-For each configuration, in a fresh process, this compiles ``loss -> (loss, d loss /
+For each configuration this compiles ``loss -> (loss, d loss /
 d params)`` for one recurrent layer over ``[batch, steps, features]`` inputs and
 measures:
 
 * ``peak``: the largest amount of NumPy memory alive during one call (tracemalloc
   sees every NumPy buffer the compiled function allocates, scan's included), minus
   what was alive before the call (the inputs and parameters);
-* ``time``: the median wall time of a call, and the time to compile.
+* ``time``: the median wall time of a call (the configurations' calls interleaved),
+  and the time to compile.
 
 Configurations: the plain scan with the default passes (``optimize=True``: ``hoist``
 computes the input products of every step before the loop, ``save`` keeps values for
@@ -30,20 +31,18 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 import tracemalloc
 
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
 
-def measure(cfg: dict) -> dict:
-    """Compile and time one configuration (run in its own process)."""
-    import numpy as np
-    import pytensor
-    import pytensor.tensor as pt
+import rnnc
 
-    import rnnc
 
+def build(cfg: dict):
+    """The compiled ``x -> (loss, gradients)`` of one configuration, and its compile time."""
     layer = rnnc.Recurrent(
         cfg["cell"],
         I=cfg["features"],
@@ -56,29 +55,36 @@ def measure(cfg: dict) -> dict:
     final = cfg["loss"] == "final"
     out = layer(x, states_only=final)
     loss = out.state["h"].sum() if final else (out.y**2).sum()
-    params = list(layer.params.values())
+    grads = pytensor.grad(loss, list(layer.params.values()))
     start = time.perf_counter()
-    fn = rnnc.compile.function([x], [loss, *pytensor.grad(loss, params)], cfg["backend"])
-    compile_s = time.perf_counter() - start
-    rng = np.random.default_rng(0)
-    xs = rng.normal(size=(cfg["batch"], cfg["steps"], cfg["features"])).astype("float32")
-    fn(xs)  # warm up
-    times, peaks = [], []
-    for _ in range(cfg["repeat"]):
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        start = time.perf_counter()
-        result = fn(xs)
-        times.append(time.perf_counter() - start)
-        peaks.append(tracemalloc.get_traced_memory()[1] - before)
-        tracemalloc.stop()
-        del result
-    return {
-        **cfg,
-        "compile_s": compile_s,
-        "time_s": statistics.median(times),
-        "peak_mib": max(peaks) / 2**20,
-    }
+    fn = rnnc.compile.function([x], [loss, *grads], cfg["backend"])
+    return fn, time.perf_counter() - start
+
+
+def call(fn, xs: np.ndarray) -> tuple[float, float]:
+    """Seconds and peak MiB of NumPy memory allocated by one call."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    start = time.perf_counter()
+    result = fn(xs)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1] - before
+    tracemalloc.stop()
+    del result
+    return seconds, peak / 2**20
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, PyTensor {pytensor.__version__}"
+    )
 
 
 def configurations(args: argparse.Namespace) -> list[dict]:
@@ -90,7 +96,6 @@ def configurations(args: argparse.Namespace) -> list[dict]:
         "steps": args.steps,
         "backend": args.backend,
         "loss": args.loss,
-        "repeat": args.repeat,
     }
     out = [
         {**base, "name": "plain scan", "every": 0, "optimize": True},
@@ -118,36 +123,42 @@ def main() -> None:
     )
     parser.add_argument("--backend", default="c")
     parser.add_argument("--loss", choices=["final", "all"], default="final")
-    parser.add_argument("--repeat", type=int, default=3, help="timed calls per configuration")
+    parser.add_argument("--repeat", type=int, default=5, help="timed calls per configuration")
     parser.add_argument("--json", help="also write the raw figures here")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # a configuration, in a subprocess
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure(json.loads(args.one))))
-        return
 
-    rows = []
-    for cfg in configurations(args):
-        done = subprocess.run(
-            [sys.executable, __file__, "--one", json.dumps(cfg)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode:
-            sys.stderr.write(done.stderr[-3000:])
-            raise SystemExit(f"{cfg['name']} failed")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"# {cfg['name']}: done", file=sys.stderr)
+    cfgs = configurations(args)
+    built = [build(cfg) for cfg in cfgs]
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(args.batch, args.steps, args.features)).astype("float32")
+    for fn, _ in built:
+        fn(xs)  # warm up
+    times: list[list[float]] = [[] for _ in cfgs]
+    peaks: list[list[float]] = [[] for _ in cfgs]
+    for _ in range(args.repeat):  # interleaved, so that a busy machine slows all alike
+        for i, (fn, _) in enumerate(built):
+            seconds, peak = call(fn, xs)
+            times[i].append(seconds)
+            peaks[i].append(peak)
+    rows = [
+        {
+            **cfg,
+            "compile_s": compile_s,
+            "time_s": statistics.median(t),
+            "peak_mib": max(p),
+        }
+        for cfg, (_, compile_s), t, p in zip(cfgs, built, times, peaks, strict=True)
+    ]
     base = rows[0]
     print(
         f"{args.cell}, B={args.batch} H={args.hidden} I={args.features} T={args.steps}, "
         f"float32, backend {args.backend}, loss on the "
         f"{'final state' if args.loss == 'final' else 'outputs at every step'}; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n"
+        f"median of {args.repeat} interleaved calls; {machine()}\n"
     )
     print(
-        "| configuration | peak memory (MiB) | vs plain | time per call (s) | vs plain | compile (s) |"
+        "| configuration | peak memory (MiB) | vs plain | time per call (s) | vs plain "
+        "| compile (s) |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
