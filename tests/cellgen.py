@@ -671,10 +671,10 @@ def check_span(span: Span | None, text: str, what: str) -> None:
     assert span is not None, f"{what} has no place"
     lines = text.removeprefix("\ufeff").split("\n")
     assert 1 <= span.line <= len(lines), f"{what}: line {span.line} of {len(lines)}"
-    width = len(lines[span.line - 1].rstrip("\r"))
+    width = len(lines[span.line - 1].removesuffix("\r"))
     assert 1 <= span.column <= width + 1, f"{what}: column {span.column} of a line of {width}"
     assert span.line <= span.end_line <= len(lines), f"{what}: end line {span.end_line}"
-    end_width = len(lines[span.end_line - 1].rstrip("\r"))
+    end_width = len(lines[span.end_line - 1].removesuffix("\r"))
     # the end may include the line break (a caret under the end of the line)
     assert 1 <= span.end_column <= end_width + 2, (
         f"{what}: end column {span.end_column} of a line of {end_width}"
@@ -682,7 +682,7 @@ def check_span(span: Span | None, text: str, what: str) -> None:
     if span.end_line == span.line:
         assert span.end_column >= span.column, f"{what}: ends before it starts"
     if span.text is not None:
-        assert span.source_line() == lines[span.line - 1].rstrip("\r"), f"{what}: wrong line"
+        assert span.source_line() == lines[span.line - 1].removesuffix("\r"), f"{what}: wrong line"
 
 
 def outcome(text: str, filename: str = "fuzz.cell") -> str:

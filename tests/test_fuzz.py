@@ -194,6 +194,13 @@ def test_lines_are_counted_as_the_parser_counts_them(odd: str):
     assert str(exc).splitlines()[1:3] == ["        y = tahn(x)", "            ^^^^"]
 
 
+def test_a_stray_carriage_return_is_part_of_its_line():
+    # found by the long fuzz run (case 93540): "\r\r\n" ends a line with a "\r" in it
+    exc = _error("\x85=,e]\r\r\nH@ ~[\n#0\u2028t")
+    assert exc.span.source_line() == "\x85=,e]\r"
+    assert exc.message == "unexpected character U+0085"
+
+
 def test_unclosed_single_quote_points_at_it():
     # found by fuzzing: the caret under an unclosed `"` reached past the line's end
     exc = _error(HEAD + '    y = x "\n')

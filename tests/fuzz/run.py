@@ -230,6 +230,7 @@ def compile_cells(args: argparse.Namespace) -> int:
     for n in range(args.compile):
         ch = RandomChooser(f"compile:{args.seed}:{n}")
         generated = cellgen.valid_cell(ch, **cellgen.SMALL)
+        before = failures
         for backend in args.backends.split(","):
             for optimize in (False, True):
                 t = time.monotonic()
@@ -242,7 +243,7 @@ def compile_cells(args: argparse.Namespace) -> int:
                 took = time.monotonic() - t
                 print(f"cell {n} {backend:6} optimize={optimize!s:5} {took:5.1f} s  {result}")
                 sys.stdout.flush()
-        if failures:
+        if failures > before:
             print(generated.text)
     return 1 if failures else 0
 
