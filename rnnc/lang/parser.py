@@ -441,6 +441,7 @@ class _ToAst(Transformer):
         super().__init__()
         self.filename = filename
         self.text = text
+        self.lines = _lines(text)
 
     def _span(self, item) -> Span:
         """The span of a Lark meta or token."""
@@ -472,7 +473,7 @@ class _ToAst(Transformer):
         name, inputs, outputs, doc, *body = items
         # The cell's place ends with its last line that is not blank (Lark's includes
         # the line breaks after it, up to the next cell or past the end of the file).
-        lines = _lines(self.text)[meta.line - 1 : meta.end_line]
+        lines = self.lines[meta.line - 1 : meta.end_line]
         while len(lines) > 1 and not lines[-1].strip():
             lines.pop()
         end_line = meta.line + len(lines) - 1

@@ -19,12 +19,12 @@ Each case is made from the seed and its number alone (``--show`` makes it again)
 
 Every case must check or raise an :class:`rnnc.RnncError` whose place (and the places of
 its notes and warnings) lies inside the text. Anything else is counted and kept under
-``--failures``: another exception, a valid cell that does not check or checks to other IR,
-a case that runs past its time box (``--timeout``, by ``SIGALRM``), a worker that dies
-(a crash; the worker is restarted after that case) or stops answering (a hang; it is
-killed after 20 time boxes), and Python code run by a cell (an audit hook in each worker
-reports ``exec``, ``compile``, ``import``, ``open``, ``os.system``, ``subprocess``...
-events during a case).
+``--failures`` (by default a folder in the system's temporary directory): another
+exception, a valid cell that does not check or checks to other IR, a case that runs past
+its time box (``--timeout``, by ``SIGALRM``), a worker that dies (a crash; the worker is
+restarted after that case) or stops answering (a hang; it is killed after 20 time
+boxes), and Python code run by a cell (an audit hook in each worker reports ``exec``,
+``compile``, ``import``, ``open``, ``os.system``, ``subprocess``... events during a case).
 
 ``--compile N`` instead compiles N random valid cells on each backend of ``--backends``,
 optimised and not, and compares forward values and gradients with the reference
@@ -40,6 +40,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -254,7 +255,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per case")
-    p.add_argument("--failures", type=Path, default=Path("fuzz-failures"))
+    p.add_argument(
+        "--failures",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "rnnc-fuzz-failures",
+        help="where to keep the text and traceback of each failing case",
+    )
     p.add_argument("--show", type=int, metavar="CASE", help="print one case's text")
     p.add_argument("--compile", type=int, default=0, metavar="N")
     p.add_argument("--backends", default="python,c,jax")
