@@ -380,7 +380,8 @@ class _Signs:
     def check(self, e: ast.Call, arg: Sign) -> None:
         value = e.args[0]
         text = _text(value)
-        padded = f"({text})" if isinstance(value, ast.BinOp) and value.op in "<><=>=" else text
+        compare = isinstance(value, ast.BinOp) and value.op in ("<", ">", "<=", ">=")
+        padded = f"({text})" if compare else text
         if "+" not in arg:
             at_zero = "-inf" if e.func == "log" else "0, with an infinite derivative"
             result = " or ".join({"-": "NaN", "0": at_zero}[x] for x in sorted(arg))
