@@ -37,6 +37,7 @@ from rnnc.compile import check_backend, default_backend, function, load_cell
 from rnnc.errors import (
     InputDtypeError,
     InputShapeError,
+    InputValueError,
     MissingDimensionError,
     OptionError,
     UnknownDimensionError,
@@ -315,9 +316,11 @@ class SequenceLayer:
         lengths: Any = None,
         reset: Any = None,
         stateful: bool = False,
+        check_finite: bool = False,
     ) -> RecurrentOutput:
         """Run on NumPy arrays (inference: no dropout); compiles once per kind of
-        call and returns NumPy arrays. The arguments are those of :meth:`__call__`.
+        call and returns NumPy arrays. The arguments are those of :meth:`__call__`;
+        ``check_finite=True`` rejects inputs holding NaN or inf.
 
         With ``stateful=True`` the layer carries its state from one call to the
         next: a call starts from the final state of the previous one (unless
@@ -328,6 +331,15 @@ class SequenceLayer:
         chunks gives the same numbers as run at once.
         """
         arrays = self._input_arrays(x)
+        if check_finite:
+            for name, array in arrays.items():
+                bad = np.argwhere(~np.isfinite(array))
+                if len(bad):
+                    raise InputValueError(
+                        f"{self._what(name)} holds {len(bad)} NaN or infinite values, the "
+                        f"first at [{', '.join(map(str, bad[0]))}]",
+                        fix="clean the data, or mask the steps that hold no data (mask=...)",
+                    )
         first = next(iter(arrays.values()))
         batch, time = first.shape[:2]
         shadow = pt.tensor(dtype=self.dtype, shape=first.shape)  # checks static shapes
@@ -464,6 +476,13 @@ class SequenceLayer:
                 f"{what} must have {lead + len(want)} axes {expected}, but it has {ndim}",
                 fix="add the missing batch or time axis" if ndim < lead + len(want) else None,
             )
+        for axis, name in enumerate(names):
+            if shape[axis] == 0:
+                raise InputShapeError(
+                    f"{what} has {name} size 0; expected {expected} with at least one "
+                    + ("sequence" if name == "batch" else "step"),
+                    fix=f"skip empty {'batches' if name == 'batch' else 'sequences'} before calling the layer",
+                )
         tail = tuple(shape[lead:])
         if any(s is not None and s != w for s, w in zip(tail, want, strict=True)):
             got = "[" + ", ".join(names + ["?" if s is None else str(s) for s in tail]) + "]"
