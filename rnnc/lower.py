@@ -411,6 +411,13 @@ def scan_cell(
                 old[name] = pt.switch(_per_example(r, value), fresh, value)
         leaves.update({("state", k): v for k, v in old.items()})
         values = lower_nodes(step_roots, leaves, dtype)
+        if not all(n.batched for n in step_roots):  # a value of parameters alone
+            batch_of = [*old.values(), *(leaves[k] for k in seq_names)]
+            rows = batch_of[0].shape[0]
+            values = [
+                v if n.batched else pt.broadcast_to(v, (rows, *v.shape))
+                for v, n in zip(values, step_roots, strict=True)
+            ]
         new = values[: len(state_names)]
         outs = values[len(state_names) :]
         if m is not None:
@@ -432,7 +439,9 @@ def scan_cell(
         return [*new, *outs]
 
     post_reads = {(n.op, n.value) for n in ir.walk(list(cell.postcompute.values()))}
-    if checkpoint is not None:
+    if not state_names and not out_names:  # the passes moved the whole step out
+        finals_list, out_list, state_list = [], [], []
+    elif checkpoint is not None:
         finals_list, out_list, state_list = _segmented_scan(
             step,
             sequences,

@@ -161,43 +161,32 @@ def test_verify_grad_on_a_random_cell():
     verify(random_cell(5).ir, FAST, True, 5)
 
 
-# ---------------------------------------------------------------- found, not yet fixed
-# The random cells found these bugs in the lowering (rnnc/lower.py). The generator of
-# the compiled cells avoids them (`cellgen.SMALL` has `anchored=True`); these tests
-# say what is wrong and fail once it is fixed, so that the generator can stop avoiding it.
+# ---------------------------------------------------------------- found and fixed
+# The random cells found these bugs in the lowering (rnnc/lower.py); the generator of
+# the compiled cells still avoids such cells (`cellgen.SMALL` has `anchored=True`).
 _PARAMS_ONLY = {
     "next_state": "    state h: [H] = 1\n    h' = tanh(b)\n    y = h' + x @ V\n",
     "output": "    state h: [H] = 1\n    h' = tanh(x @ W + h)\n    y = b + h'\n    z = c\n",
 }
 
 
-_NOT_BATCHED = pytest.mark.xfail(strict=True, reason="lower: a value of parameters alone")
-
-
-@pytest.mark.parametrize(
-    "what, optimize",
-    [
-        pytest.param("next_state", False, marks=_NOT_BATCHED),
-        pytest.param("next_state", True, marks=_NOT_BATCHED),
-        pytest.param("output", False, marks=_NOT_BATCHED),
-        ("output", True),  # the passes compute it after the loop, for every step
-    ],
-)
+@pytest.mark.parametrize("what", ["next_state", "output"])
+@pytest.mark.parametrize("optimize", [False, True])
 def test_a_value_of_parameters_alone(what: str, optimize: bool):
-    # a next state: "Input dimension mismatch" (batch 3, H 4) in the masked scan;
-    # an output: shape (batch, time) instead of (batch, time, H) without the passes
+    # was: "Input dimension mismatch" (batch 3, H 4) for a next state; an output of
+    # shape (batch, time) instead of (batch, time, H): the step now broadcasts it
     outputs = "(y: [H], z: [H])" if what == "output" else "(y: [H])"
     text = f"cell c(x: [I]) -> {outputs}:\n" + _PARAMS_ONLY[what]
     compare(rnnc.parse(text)["c"], FAST, optimize, seed=0, sizes={"I": 2, "H": 4})
 
 
-@pytest.mark.xfail(strict=True, reason="lower: a cell whose whole step the passes move out")
 def test_a_cell_without_state_whose_outputs_all_leave_the_loop():
-    # TypeError: 'NoneType' object is not subscriptable (the scan has no outputs)
+    # was: TypeError (a scan with no outputs); now no scan is built
     text = "cell c(x: [I]) -> (y: [H]):\n    y = tanh(x @ W)\n"
     compare(rnnc.parse(text)["c"], FAST, True, seed=0, sizes={"I": 2, "H": 4})
 
 
+# ---------------------------------------------------------------- found, not yet fixed
 @pytest.mark.xfail(strict=True, reason="lower on JAX: a hoisted value with a dimension of 1")
 def test_jax_hoisted_sum_with_a_dimension_of_one():
     # TypeError: Shapes must be 1D sequences of concrete values of integer type, got
