@@ -178,13 +178,9 @@ def run_case(mode: str, case: Case) -> dict[str, np.ndarray]:
     # Forward.
     hx = (h0, c0) if is_lstm else h0
     if case.packed:
-        packed_in = pack_padded_sequence(
-            x, lengths, batch_first=True, enforce_sorted=False
-        )
+        packed_in = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         packed_out, state = module(packed_in, hx)
-        y, y_lengths = pad_packed_sequence(
-            packed_out, batch_first=True, total_length=case.steps
-        )
+        y, y_lengths = pad_packed_sequence(packed_out, batch_first=True, total_length=case.steps)
         assert torch.equal(y_lengths, lengths)
     else:
         y, state = module(x, hx)
@@ -321,8 +317,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="regenerate in memory and compare with the files on disk "
-        "instead of writing them",
+        help="regenerate in memory and compare with the files on disk instead of writing them",
     )
     parser.add_argument(
         "--out-dir",
