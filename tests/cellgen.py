@@ -310,7 +310,7 @@ def random_ir(ch: Chooser, safe: bool = True) -> ir.CellIR:
 
 
 #: Smaller cells, for tests that compile them (a scan's gradient compiles slowly).
-SMALL = {"depth": 2, "max_states": 2, "max_outputs": 2, "anchored": True}
+SMALL = {"depth": 2, "max_states": 2, "max_outputs": 2}
 
 
 def random_cells():

@@ -162,8 +162,8 @@ def test_verify_grad_on_a_random_cell():
 
 
 # ---------------------------------------------------------------- found and fixed
-# The random cells found these bugs in the lowering (rnnc/lower.py); the generator of
-# the compiled cells still avoids such cells (`cellgen.SMALL` has `anchored=True`).
+# The random cells found these bugs in the lowering (rnnc/lower.py); the random cells
+# compiled above may now hold such values too.
 _PARAMS_ONLY = {
     "next_state": "    state h: [H] = 1\n    h' = tanh(b)\n    y = h' + x @ V\n",
     "output": "    state h: [H] = 1\n    h' = tanh(x @ W + h)\n    y = b + h'\n    z = c\n",
