@@ -92,13 +92,15 @@ def run(
     initial_state: Mapping[str, np.ndarray] | None = None,
     mask: np.ndarray | None = None,
     reverse: bool = False,
+    sizes: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Run ``cell`` over batch-major ``inputs`` (``[batch, time, ...]`` each).
 
     Returns ``(outputs, final_state)``: outputs ``[batch, time, ...]``, states
     ``[batch, ...]``. ``initial_state`` defaults to the cell's declared initial values;
     ``mask`` is ``[batch, time]`` with 1 for a real step. With ``reverse`` each sequence
-    runs from its last step to its first; outputs keep the original order.
+    runs from its last step to its first; outputs keep the original order. ``sizes``
+    gives dimensions that no parameter or input shows (one used by states alone).
     """
     first = next(iter(inputs.values()))
     batch, time = first.shape[:2]
@@ -109,7 +111,7 @@ def run(
     state_names = list(cell.states)
     out_nodes = cell.outputs
     post = cell.postcompute
-    sizes = infer_sizes(cell, params, inputs)
+    sizes = {**infer_sizes(cell, params, inputs), **(sizes or {})}
     outputs = {
         name: np.zeros((batch, time, *ir.shape_size(node.shape, sizes)), dtype)
         for name, node in {**out_nodes, **post}.items()

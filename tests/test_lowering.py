@@ -142,3 +142,11 @@ def test_symbolic_batch_of_one_and_varying_batch():
         out = layer.run(np.ones((batch, 3, 2)))
         assert out.outputs["y"].shape == (batch, 3, 1)
         assert out.state["h"].shape == (batch, 1)
+
+
+def test_reference_takes_sizes_seen_in_states_alone():
+    (cell,) = rnnc.parse(
+        "cell c(x: [I]) -> (y: [I]):\n    state h: [H] = 0.5\n    h' = tanh(h)\n    y = x\n"
+    ).values()
+    _, state = reference.run(cell, {}, {"x": np.zeros((2, 3, 1))}, sizes={"H": 4})
+    np.testing.assert_allclose(state["h"], np.tanh(np.tanh(np.tanh(np.full((2, 4), 0.5)))))
