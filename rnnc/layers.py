@@ -367,12 +367,20 @@ class SequenceLayer:
             self._check_shape(what, value.ndim, value.shape, want, 1, batch=batch)
             states.append(self._cast(what, value))
 
-        key = (tuple(p for p, _ in pairs), mask is not None, reset is not None, bool(reverse))
+        args = [*arrays.values(), *states]
+        args += [np.asarray(a, self.dtype) for a in (mask, reset) if a is not None]
+        # JAX compiles for static shapes: one function per shape (bucket the lengths)
+        shapes = tuple(a.shape for a in args) if self._backend() == "jax" else None
+        key = (
+            tuple(p for p, _ in pairs),
+            mask is not None,
+            reset is not None,
+            bool(reverse),
+            shapes,
+        )
         if key not in self._compiled:
             self._compiled[key] = self._compile_run(*key)
         fn, out_names, state_paths = self._compiled[key]
-        args = [*arrays.values(), *states]
-        args += [np.asarray(a, self.dtype) for a in (mask, reset) if a is not None]
         values = fn(*args)
         k = len(out_names)
         state = _nest(self.state_shapes, dict(zip(state_paths, values[k:], strict=True)))
@@ -380,23 +388,29 @@ class SequenceLayer:
             self.state = state
         return RecurrentOutput(dict(zip(out_names, values[:k], strict=True)), state)
 
+    def _backend(self) -> str:
+        return self.backend or default_backend()
+
     def _compile_run(
-        self, paths: tuple[Path, ...], has_mask: bool, has_reset: bool, reverse: bool
+        self,
+        paths: tuple[Path, ...],
+        has_mask: bool,
+        has_reset: bool,
+        reverse: bool,
+        shapes: tuple[tuple[int, ...], ...] | None,
     ) -> tuple[Any, list[str], list[Path]]:
-        xs = {
-            n: pt.tensor(n, dtype=self.dtype, shape=(None,) * (2 + len(s)))
-            for n, s in self.input_shapes.items()
-        }
+        """Compile :meth:`run`'s function; with ``shapes``, for those static shapes."""
+        ranks = [2 + len(s) for s in self.input_shapes.values()]
+        ranks += [1 + len(_shape_at(self.state_shapes, p)) for p in paths]
+        ranks += [2] * (has_mask + has_reset)
+        static = iter(shapes or [(None,) * n for n in ranks])
+        xs = {n: pt.tensor(n, dtype=self.dtype, shape=next(static)) for n in self.input_shapes}
         hs = {
-            p: pt.tensor(
-                f"initial_state{_where(p)}",
-                dtype=self.dtype,
-                shape=(None,) * (1 + len(_shape_at(self.state_shapes, p))),
-            )
+            p: pt.tensor(f"initial_state{_where(p)}", dtype=self.dtype, shape=next(static))
             for p in paths
         }
-        m = pt.matrix("mask", dtype=self.dtype) if has_mask else None
-        r = pt.matrix("reset", dtype=self.dtype) if has_reset else None
+        m = pt.tensor("mask", dtype=self.dtype, shape=next(static)) if has_mask else None
+        r = pt.tensor("reset", dtype=self.dtype, shape=next(static)) if has_reset else None
         out = self(
             xs if len(xs) > 1 else next(iter(xs.values())),
             _nest(self.state_shapes, hs) if hs else None,
@@ -408,7 +422,7 @@ class SequenceLayer:
         fn = function(
             [*xs.values(), *hs.values(), *(v for v in (m, r) if v is not None)],
             [*out.outputs.values(), *(v for _, v in state)],
-            self.backend or default_backend(),
+            self._backend(),
         )
         return fn, list(out.outputs), [p for p, _ in state]
 
@@ -804,8 +818,10 @@ class Recurrent(SequenceLayer):
         for pname, spec in self.cell.params.items():
             shape = ir.shape_size(spec.shape, self.sizes)
             value = initialize(spec.init, spec.args, shape, rng).astype(dtype)
-            static = tuple(n if n != 1 else None for n in value.shape)  # JAX needs static shapes
-            self.params[pname] = pytensor.shared(value, name=f"{self.name}.{pname}", shape=static)
+            # static shapes (JAX needs them), sizes of 1 included
+            self.params[pname] = pytensor.shared(
+                value, name=f"{self.name}.{pname}", shape=value.shape
+            )
 
     # ---------------------------------------------------------------- set-up
     def _check_dims(self, dims: Mapping[str, int]) -> dict[str, int]:

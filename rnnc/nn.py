@@ -47,10 +47,9 @@ def _check_size(what: str, size: Any) -> int:
 
 
 def _shared(value: np.ndarray, name: str) -> Any:
-    """A shared variable with a static shape (the JAX backend needs one; axes of size 1
-    stay dynamic, as in :class:`rnnc.Recurrent`, so that they do not broadcast)."""
-    static = tuple(n if n != 1 else None for n in value.shape)
-    return pytensor.shared(value, name=name, shape=static)
+    """A shared variable with a static shape, sizes of 1 included, as in
+    :class:`rnnc.Recurrent`: the JAX backend needs every size known when it traces."""
+    return pytensor.shared(value, name=name, shape=value.shape)
 
 
 def one_hot(ids: Any, depth: int, dtype: str = "float32") -> TensorVariable:

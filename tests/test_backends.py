@@ -68,6 +68,20 @@ def test_backend_equals_reference(backend, data, python_result):
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
 
 
+def test_run_on_jax_compiles_one_function_per_shape(data):
+    """``run`` on JAX compiles for static shapes (JAX traces with concrete sizes)."""
+    if not _available("jax"):
+        pytest.skip("jax is not installed")
+    layer = rnnc.Recurrent("lstm", I=IN, H=H, dtype="float64", backend="jax", seed=3)
+    params = {k: v.get_value() for k, v in layer.params.items()}
+    for x, mask in [(data, MASK), (data[:1, :3], None), (data, MASK)]:
+        got = layer.run(x, mask=mask)
+        want, final = run(layer.cell, params, {"x": x}, mask=mask)
+        np.testing.assert_allclose(got.outputs["y"], want["y"], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.state["c"], final["c"], rtol=1e-9, atol=1e-12)
+    assert len(layer._compiled) == 2  # the third call reused the first's function
+
+
 def test_jax_rejects_truncated_gradient():
     if not _available("jax"):
         pytest.skip("jax is not installed")

@@ -187,10 +187,9 @@ def test_a_cell_without_state_whose_outputs_all_leave_the_loop():
 
 
 # ---------------------------------------------------------------- found, not yet fixed
-@pytest.mark.xfail(strict=True, reason="lower on JAX: a hoisted value with a dimension of 1")
 def test_jax_hoisted_sum_with_a_dimension_of_one():
-    # TypeError: Shapes must be 1D sequences of concrete values of integer type, got
-    # (4, 3, JitTracer(int64[])): a parameter's dimension of size 1 is left dynamic
+    # was a TypeError in JAX ("Shapes must be 1D sequences of concrete values ...,
+    # got (4, 3, JitTracer(int64[]))") while parameters' sizes of 1 were left dynamic
     pytest.importorskip("jax")
     text = "cell c(x: [I]) -> (y: [H]):\n    state h: [] = 1\n    h' = tanh(h + x @ w)\n"
     text += "    param w: [I]\n    y = b + x @ W\n"
