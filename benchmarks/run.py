@@ -111,7 +111,7 @@ def pytensor_candidate(name: str, build: Callable, backend: str, x: np.ndarray, 
     # JAX compiles for static shapes: give it the input's (other backends: any shape)
     xv = pt.tensor("x", dtype="float32", shape=x.shape if backend == "jax" else (None,) * 3)
     y, params = build(xv)
-    rv = pytensor.shared(r, name="r")
+    rv = pytensor.shared(r, name="r", shape=r.shape)  # static: JAX needs it
     loss = (y * rv).sum()
     grads = pytensor.grad(loss, [xv, *params])
     t0 = _now()
