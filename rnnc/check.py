@@ -27,12 +27,16 @@ from rnnc.errors import (
     DuplicateDefinitionError,
     MissingNextStateError,
     MissingOutputError,
+    MisspelledNameWarning,
     NextStateShapeError,
+    NonPositiveArgumentWarning,
     RnncWarning,
     ShapeInferenceError,
     ShapeMismatchError,
     Span,
     UnknownNameError,
+    UnusedInputWarning,
+    UnusedParameterWarning,
     UseBeforeDefinitionError,
 )
 from rnnc.lang import ast
@@ -247,11 +251,9 @@ def _one_edit_apart(a: str, b: str) -> bool:
     return a[i + 1 :] == b[i + 1 :] or swapped
 
 
-def _warn(message: str, span: Span, fix: str) -> None:
-    """Issue an :class:`RnncWarning` attributed to the user's line, not to rnnc's."""
-    warnings.warn_explicit(
-        RnncWarning(message, span, fix), RnncWarning, span.filename, span.line, "rnnc.check"
-    )
+def _warn(kind: type[RnncWarning], message: str, span: Span, fix: str) -> None:
+    """Issue a warning of ``kind`` attributed to the user's line, not to rnnc's."""
+    warnings.warn_explicit(kind(message, span, fix), kind, span.filename, span.line, "rnnc.check")
 
 
 def _show(shape: ShapeTerm) -> str:
@@ -308,10 +310,10 @@ def _extreme(a: Sign, b: Sign, pick) -> Sign:
 
 
 class _Signs:
-    """Warns (:class:`RnncWarning`) about ``log`` and ``sqrt`` of values that are never
-    positive (``log(-softplus(v))``, ``sqrt(0 - exp(v))``) or that are 0 over a range of
-    inputs (``log(relu(v))`` is -inf wherever v < 0; ``sqrt`` there has an infinite
-    derivative)."""
+    """Warns (:class:`NonPositiveArgumentWarning`) about ``log`` and ``sqrt`` of values
+    that are never positive (``log(-softplus(v))``, ``sqrt(0 - exp(v))``) or that are 0
+    over a range of inputs (``log(relu(v))`` is -inf wherever v < 0; ``sqrt`` there has
+    an infinite derivative)."""
 
     def __init__(self) -> None:
         self.values: dict[str, Sign] = {}
@@ -386,6 +388,7 @@ class _Signs:
             at_zero = "-inf" if e.func == "log" else "0, with an infinite derivative"
             result = " or ".join({"-": "NaN", "0": at_zero}[x] for x in sorted(arg))
             _warn(
+                NonPositiveArgumentWarning,
                 f"`{e.func}` of `{text}`, which is never positive: the result is {result}",
                 value.span,
                 f"`{e.func}` needs a positive value: check the signs in `{text}`",
@@ -397,6 +400,7 @@ class _Signs:
                 else "the derivative of sqrt at 0 is infinite, so gradients become inf or NaN"
             )
             _warn(
+                NonPositiveArgumentWarning,
                 f"`{e.func}` of `{text}`, which is 0 for some inputs: {why}",
                 value.span,
                 f"add a small constant: `{e.func}({padded} + 1e-6)`",
@@ -587,6 +591,7 @@ class _Checker:
         close = [k for k in known if _one_edit_apart(e.id, k)]
         if close and len(e.id) >= 3:
             _warn(
+                MisspelledNameWarning,
                 f"`{e.id}` is not defined, so it becomes a parameter",
                 e.span,
                 f"did you mean `{close[0]}`? If `{e.id}` is meant to be a parameter, "
@@ -904,6 +909,7 @@ class _Checker:
         for name, port in self.inputs.items():
             if name not in self.used:
                 _warn(
+                    UnusedInputWarning,
                     f"input `{name}` is never used",
                     port.span,
                     "use it in the cell's body, or remove it from the header",
@@ -911,6 +917,7 @@ class _Checker:
         for name, param in self.params.items():
             if param.decl is not None and not param.uses:
                 _warn(
+                    UnusedParameterWarning,
                     f"parameter `{name}` is declared but never used",
                     param.decl.span,
                     "use it, or delete the declaration",

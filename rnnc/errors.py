@@ -2,12 +2,17 @@
 
 Every error a user can meet is an :class:`RnncError`. Errors about a cell carry the
 :class:`Span` of the offending text (a ``.cell`` file or the user's Python line) and
-render it with a caret under the place, followed by the fix::
+render it with a caret under the place, followed by the fix and the link to the
+error's section of docs/errors.md::
 
     gru.cell:7:9: error: shape mismatch: `h @ W_hr` has shape [H] but `x` has shape [I]
         r = sigmoid(x + h @ W_hr)
                     ^
     fix: make both operands the same shape, e.g. multiply `x` by a matrix first
+    see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#shapemismatcherror
+
+A warning about a cell is an :class:`RnncWarning` (a subclass per kind), rendered the
+same way.
 
 This module imports nothing of rnnc.
 """
@@ -29,7 +34,9 @@ __all__ = [
     "MissingDimensionError",
     "MissingNextStateError",
     "MissingOutputError",
+    "MisspelledNameWarning",
     "NextStateShapeError",
+    "NonPositiveArgumentWarning",
     "OptionError",
     "RnncError",
     "RnncWarning",
@@ -39,10 +46,37 @@ __all__ = [
     "TrainingDivergedError",
     "UnknownDimensionError",
     "UnknownNameError",
+    "UnusedInputWarning",
+    "UnusedParameterWarning",
     "UseBeforeDefinitionError",
 ]
 
 DOCS = "https://github.com/rnnc/rnnc/blob/main/docs/errors.md"
+
+
+def _render(
+    level: str,
+    message: str,
+    span: Span | None,
+    fix: str | None,
+    anchor: str,
+    notes: tuple[tuple[Span, str], ...] = (),
+) -> str:
+    """The text of an error (``level`` "error") or a warning: the place and the message,
+    the source line with a caret, the notes, the fix and the link to the section
+    ``anchor`` of docs/errors.md."""
+    where = f"{span}: " if span else ""
+    parts = [f"{where}{level}: {message}"]
+    if span and (caret := span.render()):
+        parts.append(caret)
+    for note_span, text in notes:
+        parts.append(f"{note_span}: note: {text}")
+        if caret := note_span.render():
+            parts.append(caret)
+    if fix:
+        parts.append(f"fix: {fix}")
+    parts.append(f"see: {DOCS}#{anchor}")
+    return "\n".join(parts)
 
 
 @dataclass(frozen=True)
@@ -119,22 +153,16 @@ class RnncError(Exception):
         return self.span.filename if self.span else None
 
     def render(self) -> str:
-        where = f"{self.span}: " if self.span else ""
-        parts = [f"{where}error: {self.message}"]
-        if self.span and (caret := self.span.render()):
-            parts.append(caret)
-        for span, text in self.notes:
-            parts.append(f"{span}: note: {text}")
-            if caret := span.render():
-                parts.append(caret)
-        if self.fix:
-            parts.append(f"fix: {self.fix}")
-        parts.append(f"see: {DOCS}#{self.anchor}")
-        return "\n".join(parts)
+        return _render("error", self.message, self.span, self.fix, self.anchor, self.notes)
+
+
+def _kind(name: str, doc: str, base: type) -> type:
+    """A subclass of ``base`` whose section of docs/errors.md is ``#name`` in lower case."""
+    return type(name, (base,), {"__doc__": doc, "anchor": name.lower(), "__module__": __name__})
 
 
 def _error(name: str, doc: str, base: type[RnncError] = RnncError) -> type[RnncError]:
-    return type(name, (base,), {"__doc__": doc, "anchor": name.lower(), "__module__": __name__})
+    return _kind(name, doc, base)
 
 
 CellSyntaxError = _error("CellSyntaxError", "The text of a cell does not follow the grammar.")
@@ -191,13 +219,36 @@ TrainingDivergedError = _error("TrainingDivergedError", "The training loss becam
 
 
 class RnncWarning(UserWarning):
-    """A warning about a cell (an unused input, a name that looks misspelled)."""
+    """The root of rnnc's warnings about a cell: the cell works, but something in it is
+    most likely a mistake. Each kind is a subclass, so that it can be filtered on its own
+    (``warnings.filterwarnings("ignore", category=rnnc.errors.UnusedInputWarning)``).
+
+    ``message``, ``span`` and ``fix`` are as in :class:`RnncError`; the text ends with the
+    link to the warning's section of docs/errors.md.
+    """
+
+    anchor = "rnncwarning"
 
     def __init__(self, message: str, span: Span | None = None, fix: str | None = None):
+        self.message = message
         self.span = span
-        text = f"{span}: warning: {message}" if span else f"warning: {message}"
-        if span and (caret := span.render()):
-            text += "\n" + caret
-        if fix:
-            text += f"\nfix: {fix}"
-        super().__init__(text)
+        self.fix = fix
+        super().__init__(_render("warning", message, span, fix, self.anchor))
+
+
+def _warning(name: str, doc: str) -> type[RnncWarning]:
+    return _kind(name, doc, RnncWarning)
+
+
+UnusedInputWarning = _warning("UnusedInputWarning", "An input of the cell is never read.")
+UnusedParameterWarning = _warning(
+    "UnusedParameterWarning", "A parameter declared with `param` is never used."
+)
+MisspelledNameWarning = _warning(
+    "MisspelledNameWarning",
+    "A name that becomes a parameter is one typing error away from the name of a value.",
+)
+NonPositiveArgumentWarning = _warning(
+    "NonPositiveArgumentWarning",
+    "`log` or `sqrt` of a value that is never positive, or that is 0 for a range of inputs.",
+)

@@ -728,35 +728,117 @@ def test_syntax_error_at_the_end_of_the_file():
 
 
 # ---------------------------------------------------------------- warnings
+#: A cell with one thing to warn about, per kind of warning, and the text it prints.
+WARNING_CASES = [
+    pytest.param(
+        "cell rnn(x: [I], u: [K]) -> (y: [H]):\n    y = x @ W\n",
+        errors.UnusedInputWarning,
+        """\
+rnn.cell:1:18: warning: input `u` is never used
+    cell rnn(x: [I], u: [K]) -> (y: [H]):
+                     ^
+fix: use it in the cell's body, or remove it from the header
+see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#unusedinputwarning
+""",
+        id="unused_input",
+    ),
+    pytest.param(
+        "cell g(x: [I]) -> (y: [I]):\n    param V: [I, I]\n    y = x\n",
+        errors.UnusedParameterWarning,
+        """\
+rnn.cell:2:11: warning: parameter `V` is declared but never used
+        param V: [I, I]
+              ^
+fix: use it, or delete the declaration
+see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#unusedparameterwarning
+""",
+        id="unused_parameter",
+    ),
+    pytest.param(
+        "cell g(x: [I]) -> (y: [I]):\n    gate = sigmoid(x)\n    y = gaet * x\n",
+        errors.MisspelledNameWarning,
+        """\
+rnn.cell:3:9: warning: `gaet` is not defined, so it becomes a parameter
+        y = gaet * x
+            ^^^^
+fix: did you mean `gate`? If `gaet` is meant to be a parameter, declare it (`param gaet`) to silence this warning
+see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#misspellednamewarning
+""",
+        id="misspelled_name",
+    ),
+    pytest.param(
+        HEAD + "    h' = tanh(x @ W + h @ U)\n    y = log(-softplus(h' @ V))\n",
+        errors.NonPositiveArgumentWarning,
+        """\
+rnn.cell:4:13: warning: `log` of `-softplus(h' @ V)`, which is never positive: the result is NaN
+        y = log(-softplus(h' @ V))
+                ^^^^^^^^^^^^^^^^^
+fix: `log` needs a positive value: check the signs in `-softplus(h' @ V)`
+see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#nonpositiveargumentwarning
+""",
+        id="log_never_positive",
+    ),
+    pytest.param(
+        HEAD + "    h' = tanh(x @ W + h @ U)\n    y = log(relu(h' @ V))\n",
+        errors.NonPositiveArgumentWarning,
+        """\
+rnn.cell:4:13: warning: `log` of `relu(h' @ V)`, which is 0 for some inputs: log(0) is -inf
+        y = log(relu(h' @ V))
+                ^^^^^^^^^^^^
+fix: add a small constant: `log(relu(h' @ V) + 1e-6)`
+see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#nonpositiveargumentwarning
+""",
+        id="log_of_zero",
+    ),
+    pytest.param(
+        HEAD + "    h' = tanh(x @ W + h @ U)\n    y = sqrt(relu(h'))\n",
+        errors.NonPositiveArgumentWarning,
+        """\
+rnn.cell:4:14: warning: `sqrt` of `relu(h')`, which is 0 for some inputs: the derivative of sqrt at 0 is infinite, so gradients become inf or NaN
+        y = sqrt(relu(h'))
+                 ^^^^^^^^
+fix: add a small constant: `sqrt(relu(h') + 1e-6)`
+see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#nonpositiveargumentwarning
+""",
+        id="sqrt_of_zero",
+    ),
+]
+
+
 def _warning(source: str) -> RnncWarning:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rnnc.parse(source, "rnn.cell")
     assert len(caught) == 1, [str(w.message) for w in caught]
-    assert caught[0].category is RnncWarning
+    assert caught[0].category is type(caught[0].message)
     assert (caught[0].filename, caught[0].lineno) == ("rnn.cell", caught[0].message.span.line)
     return caught[0].message
 
 
-def test_warning_for_an_unused_input():
-    source = "cell rnn(x: [I], u: [K]) -> (y: [H]):\n    y = x @ W\n"
-    assert str(_warning(source)) == (
-        "rnn.cell:1:18: warning: input `u` is never used\n"
-        "    cell rnn(x: [I], u: [K]) -> (y: [H]):\n"
-        "                     ^\n"
-        "fix: use it in the cell's body, or remove it from the header"
-    )
+@pytest.mark.parametrize("source, kind, expected", WARNING_CASES)
+def test_warning_message(source: str, kind: type[RnncWarning], expected: str):
+    warning = _warning(source)
+    assert type(warning) is kind
+    assert str(warning) == expected.rstrip("\n")
+    assert str(warning).endswith(f"\nsee: {errors.DOCS}#{kind.anchor}")
+    assert str(warning).startswith(f"{warning.span}: warning: {warning.message}\n")
+    assert f"\nfix: {warning.fix}\n" in str(warning)
 
 
-def test_warning_for_a_misspelt_name():
-    source = "cell g(x: [I]) -> (y: [I]):\n    gate = sigmoid(x)\n    y = gaet * x\n"
-    assert str(_warning(source)) == (
-        "rnn.cell:3:9: warning: `gaet` is not defined, so it becomes a parameter\n"
-        "        y = gaet * x\n"
-        "            ^^^^\n"
-        "fix: did you mean `gate`? If `gaet` is meant to be a parameter, "
-        "declare it (`param gaet`) to silence this warning"
-    )
+def test_every_kind_of_warning_has_a_message_test():
+    assert {case.values[1] for case in WARNING_CASES} == set(_classes(RnncWarning)) - {RnncWarning}
+
+
+def test_a_kind_of_warning_is_an_rnnc_warning_and_filters_on_its_own():
+    source = "cell g(x: [I], u: [I]) -> (y: [I]):\n    gate = sigmoid(x)\n    y = gaet * x\n"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=errors.UnusedInputWarning)
+        rnnc.parse(source, "rnn.cell")
+    assert [w.category for w in caught] == [errors.MisspelledNameWarning]
+    with warnings.catch_warnings(), pytest.raises(RnncWarning):
+        warnings.simplefilter("error", RnncWarning)
+        rnnc.parse(source, "rnn.cell")
 
 
 def test_declared_parameter_silences_the_misspelling_warning():
@@ -773,41 +855,33 @@ def test_no_warning_for_names_more_than_one_letter_apart():
         rnnc.parse(source)
 
 
-def test_warning_for_an_unused_parameter():
-    source = "cell g(x: [I]) -> (y: [I]):\n    param V: [I, I]\n    y = x\n"
-    assert str(_warning(source)) == (
-        "rnn.cell:2:11: warning: parameter `V` is declared but never used\n"
-        "        param V: [I, I]\n"
-        "              ^\n"
-        "fix: use it, or delete the declaration"
-    )
-
-
 # ---------------------------------------------------------------- docs/errors.md
-def _error_classes() -> list[type[RnncError]]:
-    return [
-        getattr(errors, name)
-        for name in errors.__all__
-        if isinstance(getattr(errors, name), type) and issubclass(getattr(errors, name), RnncError)
-    ]
+def _classes(root: type) -> list[type]:
+    """The classes of rnnc.errors that derive from ``root`` (root included)."""
+    found = [getattr(errors, name) for name in errors.__all__]
+    return [c for c in found if isinstance(c, type) and issubclass(c, root)]
 
 
-def test_every_error_class_has_a_section_in_the_docs():
+def test_every_error_and_warning_class_has_a_section_in_the_docs():
+    # Every message ends with `see: ...#anchor`; the anchor is the class's section.
     headings = re.findall(r"^## (\w+)$", DOCS.read_text(encoding="utf-8"), re.M)
-    for cls in _error_classes():
+    classes = _classes(RnncError) + _classes(RnncWarning)
+    assert len(classes) == len(errors.__all__) - 1  # all but Span
+    for cls in classes:
         assert cls.anchor == cls.__name__.lower()
         assert cls.__name__ in headings, f"docs/errors.md lacks a section `## {cls.__name__}`"
         assert cls.__doc__
 
 
-def test_the_docs_show_the_messages_of_the_language_errors():
-    # The examples in docs/errors.md are real messages: each language error's example
-    # is the text this version renders for one of the cases above.
+def test_the_docs_show_the_messages_of_the_language_errors_and_the_warnings():
+    # The examples in docs/errors.md are real messages: each language error's and each
+    # warning's example is the text this version renders for one of the cases above.
     docs = DOCS.read_text(encoding="utf-8")
-    rendered = {case.values[2].rstrip("\n") for case in CASES}
+    rendered = {case.values[2].rstrip("\n") for case in CASES + WARNING_CASES}
     blocks = re.findall(r"^```text\n(.*?)\n```$", docs, re.S | re.M)
     shown = [b for b in blocks if "docs/errors.md#" in b]
-    for cls in LANGUAGE_ERRORS:
+    warning_kinds = {case.values[1] for case in WARNING_CASES}
+    for cls in LANGUAGE_ERRORS | warning_kinds:
         mine = [b for b in shown if b.endswith(f"#{cls.anchor}")]
         assert mine, f"docs/errors.md shows no message of {cls.__name__}"
         assert all(b in rendered for b in mine), cls.__name__
