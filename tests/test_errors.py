@@ -755,7 +755,7 @@ see: https://github.com/rnnc/rnnc/blob/main/docs/errors.md#unusedparameterwarnin
         id="unused_parameter",
     ),
     pytest.param(
-        "cell g(x: [I]) -> (y: [I]):\n    gate = sigmoid(x)\n    y = gaet * x\n",
+        "cell rnn(x: [I]) -> (y: [I]):\n    gate = sigmoid(x)\n    y = gaet * x\n",
         errors.MisspelledNameWarning,
         """\
 rnn.cell:3:9: warning: `gaet` is not defined, so it becomes a parameter
@@ -863,25 +863,42 @@ def _classes(root: type) -> list[type]:
 
 
 def test_every_error_and_warning_class_has_a_section_in_the_docs():
-    # Every message ends with `see: ...#anchor`; the anchor is the class's section.
-    headings = re.findall(r"^## (\w+)$", DOCS.read_text(encoding="utf-8"), re.M)
+    # Every message ends with `see: ...#anchor`; the anchor is the class's section, which
+    # shows a message of the class (but for the two roots) and says how to mend it.
+    parts = re.split(r"^## (\w+)\n", DOCS.read_text(encoding="utf-8"), flags=re.M)
+    sections = dict(zip(parts[1::2], parts[2::2], strict=True))
     classes = _classes(RnncError) + _classes(RnncWarning)
     assert len(classes) == len(errors.__all__) - 1  # all but Span
     for cls in classes:
         assert cls.anchor == cls.__name__.lower()
-        assert cls.__name__ in headings, f"docs/errors.md lacks a section `## {cls.__name__}`"
+        assert cls.__name__ in sections, f"docs/errors.md lacks a section `## {cls.__name__}`"
         assert cls.__doc__
+        if cls not in (RnncError, RnncWarning):
+            section = sections[cls.__name__]
+            assert f"errors.md#{cls.anchor}\n```" in section, f"no example of {cls.__name__}"
+            assert "**Fix:**" in section, f"no fix for {cls.__name__}"
+
+
+def _shown_messages(path: Path) -> list[str]:
+    """The ```` ```text ```` blocks of ``path`` that show an error or a warning."""
+    blocks = re.findall(r"^```text\n(.*?)\n```$", path.read_text(encoding="utf-8"), re.S | re.M)
+    return [b for b in blocks if "docs/errors.md#" in b]
 
 
 def test_the_docs_show_the_messages_of_the_language_errors_and_the_warnings():
     # The examples in docs/errors.md are real messages: each language error's and each
     # warning's example is the text this version renders for one of the cases above.
-    docs = DOCS.read_text(encoding="utf-8")
     rendered = {case.values[2].rstrip("\n") for case in CASES + WARNING_CASES}
-    blocks = re.findall(r"^```text\n(.*?)\n```$", docs, re.S | re.M)
-    shown = [b for b in blocks if "docs/errors.md#" in b]
+    shown = _shown_messages(DOCS)
     warning_kinds = {case.values[1] for case in WARNING_CASES}
     for cls in LANGUAGE_ERRORS | warning_kinds:
         mine = [b for b in shown if b.endswith(f"#{cls.anchor}")]
         assert mine, f"docs/errors.md shows no message of {cls.__name__}"
         assert all(b in rendered for b in mine), cls.__name__
+
+
+def test_the_language_reference_shows_real_messages():
+    rendered = {case.values[2].rstrip("\n") for case in CASES + WARNING_CASES}
+    shown = _shown_messages(DOCS.parents[1] / "grammar" / "README.md")
+    assert shown
+    assert all(b in rendered for b in shown)
