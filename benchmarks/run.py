@@ -136,7 +136,7 @@ def hand_scan(cell: str, values: dict[str, np.ndarray], size: str) -> Callable:
     _, _, _, hidden = SIZES[size]
 
     def shared(name: str, value: np.ndarray):
-        return pytensor.shared(value.astype("float32"), name=name)
+        return pytensor.shared(value.astype("float32"), name=name, shape=value.shape)
 
     def build(x):
         batch, steps = x.shape[0], x.shape[1]
