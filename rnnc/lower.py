@@ -161,6 +161,48 @@ def lower_nodes(
     return [values[r] for r in roots]
 
 
+def _loop_invariants(cell: ir.CellIR) -> tuple[ir.CellIR, dict[str, ir.Node]]:
+    """Take the values of parameters alone out of the step.
+
+    A value the step needs that depends on parameters only (``concat(W_hi, W_hf, ...)``
+    made by the fuse pass, ``-W``, ``2 * b``) is computed once before the loop and
+    passed in as one non-sequence: the step reads a leaf ``param:~inv<i>`` instead.
+    Inside the loop, the concatenation would be done at every step, and its gradient
+    split at every step of the backward loop into one accumulator per weight; passed
+    in whole, the backward loop accumulates a single ``h.T @ dP`` per step, which
+    PyTensor's ``scan_push_out_add`` turns into one product after the loop.
+
+    Returns the cell with the rewritten in-loop roots and the invariants by leaf name.
+    """
+    roots = [*cell.next_state.values(), *cell.outputs.values()]
+    frontier: dict[ir.Node, str] = {}
+
+    def mark(node: ir.Node) -> None:
+        if not node.batched and node.op not in ir.LEAVES and node not in frontier:
+            frontier[node] = f"~inv{len(frontier)}"  # `~` never starts a user's name
+
+    for node in ir.walk(roots):
+        if node.batched:
+            for arg in node.args:
+                mark(arg)
+    for root in roots:
+        mark(root)
+    if not frontier:
+        return cell, {}
+    memo: dict[ir.Node, ir.Node] = {}
+
+    def swap(node: ir.Node, args: tuple[ir.Node, ...]) -> ir.Node:
+        if node in frontier:
+            return ir.Node("param", (), node.shape, frontier[node])
+        return node if args == node.args else ir.Node(node.op, args, node.shape, node.value)
+
+    cell = cell.replace(
+        next_state={k: ir.rebuild(v, swap, memo) for k, v in cell.next_state.items()},
+        outputs={k: ir.rebuild(v, swap, memo) for k, v in cell.outputs.items()},
+    )
+    return cell, {name: node for node, name in frontier.items()}
+
+
 def _time_major(x: TensorVariable) -> TensorVariable:
     return x.dimshuffle(1, 0, *range(2, x.ndim))
 
@@ -364,6 +406,10 @@ def scan_cell(
         dtype,
     )
 
+    cell, invariants = _loop_invariants(cell)
+    if invariants:  # computed once, before the loop, and passed in
+        values = lower_nodes(list(invariants.values()), param_leaves, dtype)
+        params = {**params, **dict(zip(invariants, values, strict=True))}
     step_roots = [*cell.next_state.values(), *cell.outputs.values()]
     used = {(n.op, n.value) for n in ir.walk(step_roots) if n.op in ir.LEAVES}
     seq_names = [("input", k) for k in inputs_tm if ("input", k) in used]
