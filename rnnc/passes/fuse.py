@@ -4,8 +4,8 @@ The four recurrent products of an LSTM, ``h @ W_hi``, ``h @ W_hf``, ``h @ W_hg``
 ``h @ W_ho``, become one product with a ``[H, 4*H]`` matrix, split afterwards; the
 same for the hoisted input products ``x @ W_i*``. The parameters keep their own
 names: the concatenation is a node of the graph (``concat(W_hi, W_hf, ...)``), which
-depends on parameters only, so PyTensor computes it once per call, outside the loop,
-and gradients flow back to each original parameter.
+depends on parameters only, so the lowering computes it once per call, before the
+loop, and passes it in whole; gradients flow back to each original parameter.
 
 Before::
 
