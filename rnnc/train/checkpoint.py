@@ -16,6 +16,14 @@ Files are named like char-rnn's, with the epoch and the validation loss:
 folder, flushed to disk (fsync) and renamed over the final name (``os.replace``), so a
 crash leaves either the old file or the new one, never a partial one. A truncated or
 corrupt file raises :class:`~rnnc.errors.CheckpointError` naming the file.
+
+The temporary file is named ``.<final name>.<random>.tmp`` (for example
+``.lm_lstm_epoch0.95_2.0681.npz.k3j9_x0a.tmp``), and its writer holds an exclusive lock
+on it (``flock``) until it has been renamed. A process killed while writing leaves that file behind, unlocked:
+:func:`remove_stale_temporaries`, which ``rnnc train`` calls when it starts in a folder,
+deletes such files of ``.npz`` checkpoints, and only those (a file another process is
+still writing is locked, and is left alone), so repeated kills do not leak disk. Where
+``fcntl`` does not exist (Windows) nothing is locked and nothing is removed.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -34,16 +43,26 @@ import numpy as np
 
 from rnnc.errors import CheckpointError
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "FORMAT",
     "Checkpoint",
     "checkpoint_name",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "save_checkpoint",
 ]
 
 #: The format's version, stored in the metadata.
 FORMAT = 1
+
+#: The names :func:`save_checkpoint` gives its temporary files, for ``.npz`` targets:
+#: ``.<name>.npz.<tempfile's random letters>.tmp``.
+TEMPORARY = re.compile(r"\.[^/]+\.npz\.[a-z0-9_]+\.tmp")
 
 
 @dataclass
@@ -87,23 +106,52 @@ def _to_arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+    except FileNotFoundError:
+        return False
+
+
+def _locked_temporary(folder: Path, name: str) -> tuple[int, str]:
+    """A new temporary file in ``folder`` for ``name``, open and locked by this process.
+
+    The file exists for a moment before it is locked; should
+    :func:`remove_stale_temporaries` take it for a dead writer's in that moment and
+    delete it, this sees the name gone once it holds the lock, and makes another.
+    """
+    while True:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        if fcntl is None:
+            return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, tmp):
+            return fd, tmp
+        os.close(fd)
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` to ``path`` atomically; returns the path.
 
-    The data go to a temporary file in the same folder, are flushed and fsynced, and
-    the file is renamed over ``path`` (then the folder is fsynced, so the rename
-    itself survives a power cut).
+    The data go to a temporary file in the same folder (locked while it is written, see
+    :func:`remove_stale_temporaries`), are flushed and fsynced, and the file is renamed
+    over ``path`` (then the folder is fsynced, so the rename itself survives a power
+    cut).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = _to_arrays(ckpt)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _locked_temporary(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if fcntl is not None:  # renamed while the lock is held
+                os.replace(tmp, path)
+        if fcntl is None:  # Windows cannot rename an open file
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -118,6 +166,42 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of ``.npz`` checkpoints whose writer died (killed in
+    the middle of :func:`save_checkpoint`); returns their paths.
+
+    Only names of :data:`TEMPORARY`'s form are looked at, and of those only the files
+    no process holds locked: a live writer's file stays. Without ``fcntl`` (Windows)
+    nothing is removed.
+    """
+    removed: list[Path] = []
+    if fcntl is None:
+        return removed
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not TEMPORARY.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # renamed or removed meanwhile
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a live writer holds it
+                continue
+            # a writer that finished meanwhile has renamed it: then this is not its name
+            if _same_file(fd, entry.path):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _corrupt(path: Path, why: str) -> CheckpointError:

@@ -11,10 +11,14 @@ beside the checkpoints.
 
 A NaN or infinite loss (or gradient norm) stops training with
 :class:`~rnnc.errors.TrainingDivergedError`; the checkpoints already written are
-left as they are. Everything random is seeded (initialisation, dropout, samples),
-and a checkpoint holds the parameters, the optimiser's state, the carried hidden
-state and the dropout generator, so a run resumed with :func:`resume` continues
-bit for bit as if it had never stopped.
+left as they are. A run starting in a folder removes the temporary files that
+the checkpoint writes of a killed run left there
+(:func:`~rnnc.train.checkpoint.remove_stale_temporaries`).
+
+Everything random is seeded (initialisation, dropout, samples), and a checkpoint
+holds the parameters, the optimiser's state, the carried hidden state and the
+dropout generator, so a run resumed with :func:`resume` continues bit for bit as if
+it had never stopped.
 """
 
 from __future__ import annotations
@@ -36,7 +40,13 @@ from tqdm.auto import tqdm
 
 import rnnc
 from rnnc.errors import CheckpointError, OptionError, TrainingDivergedError
-from rnnc.train.checkpoint import Checkpoint, checkpoint_name, load_checkpoint, save_checkpoint
+from rnnc.train.checkpoint import (
+    Checkpoint,
+    checkpoint_name,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from rnnc.train.data import CharData, Vocabulary, default_corpus, load_text
 from rnnc.train.model import CompiledModel, LanguageModel, State, training_backend
 from rnnc.train.optim import Optimizer, make_optimizer, step_decay
@@ -291,6 +301,12 @@ class _Run:
         self.savefile = config.savefile or self.model.cell.name
         self.dir = Path(config.checkpoint_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temporaries(self.dir)
+        if stale:
+            self.out(
+                f"removed {len(stale)} unfinished checkpoint file(s) that a killed run "
+                f"left in {self.dir}"
+            )
         self.csv = self.dir / f"{self.savefile}_log.csv"
         self.step = 0
         self.state: State = self.model.zero_state(config.batch_size)
