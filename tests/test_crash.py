@@ -240,7 +240,7 @@ class Fresh:
         self.pid = self.proc.pid
 
     def wait(self) -> dict:
-        code = self.proc.wait()
+        code = self.proc.wait(timeout=600)
         return {"signal": -code if code < 0 else None, "code": code if code >= 0 else None}
 
 
@@ -332,6 +332,7 @@ def test_sigkill_again_and_again_leaves_whole_checkpoints_that_resume(tmp_path):
             ckpts, tmps = names(cv)
             assert not (stale & tmps), "a stale temporary file survived: " + context(i, log)
             stale = tmps
+            written = []  # the steps of the checkpoints this run wrote
             for name in sorted(ckpts):
                 st = os.stat(cv / name)
                 key = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -342,6 +343,9 @@ def test_sigkill_again_and_again_leaves_whole_checkpoints_that_resume(tmp_path):
                 except CheckpointError as exc:
                     raise AssertionError(f"{exc}\n" + context(i, log)) from None
                 verified[name] = (*key, step)
+                written.append(step)
+            # it resumed from the newest: it wrote nothing at or before that step
+            assert all(s > newest_step for s in written), f"wrote {written}: " + context(i, log)
             steps = sorted(v[3] for n, v in verified.items() if n in ckpts)
             assert steps == list(range(1, len(steps) + 1)), f"steps {steps}: " + context(i, log)
             assert not steps or steps[-1] >= newest_step, "went back: " + context(i, log)
