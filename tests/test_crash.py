@@ -1,5 +1,5 @@
 """Crash safety of training: SIGKILL `rnnc train` again and again, at random moments and
-in the middle of checkpoint writes.
+in the middle of checkpoint writes, and exploding gradients.
 
 The kill test runs the command line (``rnnc.cli.main``, what the ``rnnc`` entry point
 calls) in real processes and kills them with SIGKILL. A fresh interpreter takes 4 to
@@ -33,11 +33,13 @@ import numpy as np
 import pytest
 from conftest import FAST
 
-from rnnc.errors import CheckpointError
+from rnnc.cli import main as rnnc_main
+from rnnc.errors import CheckpointError, TrainingDivergedError
 from rnnc.train import TrainConfig, load_checkpoint, save_checkpoint, train
 from rnnc.train import checkpoint as checkpoint_module
 from rnnc.train.checkpoint import Checkpoint, remove_stale_temporaries
 
+CELLS = Path(__file__).parent / "cells"
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards hex".split()
 TEXT = " ".join(WORDS[i] for i in np.random.default_rng(0).integers(0, len(WORDS), 60))
 TEXT = TEXT[: 5 * 32 + 1]  # five batches of 4 x 8: four train, one validation
@@ -391,3 +393,111 @@ def test_sigkill_again_and_again_leaves_whole_checkpoints_that_resume(tmp_path):
     print(summary)
     assert len(record) >= 20
     assert sum(landed) >= 4, "too few kills landed during a checkpoint write: " + summary
+
+
+# ---------------------------------------------------------------- exploding gradients
+def explode_config(tmp_path, **kw) -> TrainConfig:
+    """The `explode` cell with plain SGD, no clipping, the state reset every batch."""
+    base = {
+        "cell": f"{CELLS / 'explode.cell'}:explode",
+        "rnn_size": 8,
+        "num_layers": 1,
+        "batch_size": 4,
+        "seq_length": 8,
+        "train_frac": 0.8,
+        "stateful": False,
+        "optimizer": "sgd",
+        "momentum": 0.0,
+        "lr": 0.01,
+        "grad_clip": None,
+        "eval_every": 1,
+        "max_steps": 20,
+        "backend": FAST,
+        "checkpoint_dir": str(tmp_path),
+        "progress": False,
+        "sample_length": 5,
+    }
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_an_exploding_gradient_stops_training_at_the_last_good_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else the command sets it for the process
+    data = tmp_path / "input.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    cv = tmp_path / "cv"
+    argv = ["train", "--cell", f"{CELLS / 'explode.cell'}:explode", "--data", str(data)]
+    argv += ["--rnn-size", "8", "--num-layers", "1", "--batch-size", "4", "--seq-length", "8"]
+    argv += ["--train-frac", "0.8", "--no-stateful", "--optimizer", "sgd", "--momentum", "0"]
+    argv += ["--lr", "0.01", "--grad-clip", "0", "--eval-every", "1", "--max-steps", "20"]
+    argv += ["--backend", FAST, "--checkpoint-dir", str(cv), "--no-progress"]
+    argv += ["--sample-length", "5"]
+    assert rnnc_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "training stopped" in err, err
+    assert "fix: lower --lr, or clip the gradients (--grad-clip, --clip-norm)" in err
+    files = sorted(cv.glob("lm_explode_*.npz"))
+    steps = {load_checkpoint(f).meta["step"]: f for f in files}
+    good = steps[max(steps)]
+    assert f"The last good checkpoint: {good}" in err  # the newest, named
+    assert f"at step {max(steps) + 1}" in err and max(steps) + 1 < 20
+    ckpt = load_checkpoint(good)  # whole and finite
+    for name, value in (ckpt.params | ckpt.optimizer).items():
+        assert np.isfinite(value).all(), name
+    with open(cv / "explode_log.csv", newline="") as f:
+        norms = [float(r["grad_norm"]) for r in csv.DictReader(f) if r["grad_norm"]]
+    assert max(norms) > 1e6  # the gradient exploded on the way
+
+
+@pytest.mark.parametrize(
+    "clip", [{"clip_norm": 1.0}, {"grad_clip": 1.0}], ids=["clip-norm", "grad-clip"]
+)
+def test_clipping_keeps_an_exploding_gradient_finite(tmp_path, clip):
+    """The same run, clipped: 20 steps, every parameter finite after every step, while
+    the gradient norm (taken before clipping) stays in the thousands."""
+    seen = []
+
+    def check(step, loss, model):
+        finite = all(np.isfinite(v).all() for v in model.get_params().values())
+        seen.append((step, np.isfinite(loss) and finite))
+
+    result = train(explode_config(tmp_path, **clip), text=TEXT, out=quiet, on_step=check)
+    assert result.steps == 20 and result.stopped == "max_steps"
+    assert seen == [(s, True) for s in range(1, 21)]
+    with open(result.log, newline="") as f:
+        norms = [float(r["grad_norm"]) for r in csv.DictReader(f) if r["grad_norm"]]
+    assert len(norms) == 20 and min(norms) > 100  # far above the clip all along
+    ckpt = load_checkpoint(result.last_checkpoint)
+    assert all(np.isfinite(v).all() for v in ckpt.params.values())
+
+
+def test_no_checkpoint_of_parameters_that_are_not_finite(tmp_path):
+    """A bias of -inf under a ReLU: the loss stays finite (relu(-inf) = 0) and the
+    gradient too (0), but the parameters are not; no checkpoint is written of them."""
+
+    def poison(step, loss, model):
+        if step == 1:
+            model.params["layer0.b_ih"].set_value(np.full(4, -np.inf, "float32"))
+
+    config = relu_config(tmp_path, max_steps=5)
+    with pytest.raises(TrainingDivergedError) as e:
+        train(config, text=TEXT, out=quiet, on_step=poison)
+    (good,) = tmp_path.glob("lm_rnn_relu_*.npz")
+    assert str(e.value).startswith(
+        "error: layer0.b_ih became infinite or NaN by step 2; training stopped. "
+        f"The last good checkpoint: {good}"
+    )
+    assert load_checkpoint(good).meta["step"] == 1
+
+
+def test_a_nan_gradient_under_a_finite_loss_stops_training(tmp_path):
+    """The `kink` cell: loss log(vocabulary) at the first step, its gradient NaN."""
+    config = explode_config(tmp_path, cell=f"{CELLS / 'explode.cell'}:kink")
+    with pytest.raises(
+        TrainingDivergedError, match=r"loss became 3\.\d+ \(gradient norm nan\) at step 1"
+    ):
+        train(config, text=TEXT, out=quiet)
+    assert not list(tmp_path.glob("lm_*.npz"))

@@ -9,9 +9,10 @@ on the validation split, prints a sample and writes a checkpoint named by epoch 
 validation loss. A CSV log (and a loss-curve PNG where matplotlib is installed) sits
 beside the checkpoints.
 
-A NaN or infinite loss (or gradient norm) stops training with
-:class:`~rnnc.errors.TrainingDivergedError`; the checkpoints already written are
-left as they are. A run starting in a folder removes the temporary files that
+A NaN or infinite loss (or gradient norm, taken before clipping) stops training with
+:class:`~rnnc.errors.TrainingDivergedError` naming the last good checkpoint; the
+checkpoints already written are left as they are, and none is written of parameters
+that are not all finite. A run starting in a folder removes the temporary files that
 the checkpoint writes of a killed run left there
 (:func:`~rnnc.train.checkpoint.remove_stale_temporaries`).
 
@@ -314,6 +315,7 @@ class _Run:
         self.val_losses: list[tuple[int, float]] = []
         self.best: tuple[float, Path | None] = (math.inf, None)
         self.last: Path | None = None
+        self.last_norm: float | None = None  # the gradient norm of the last step
         self.elapsed_before = 0.0
         if ckpt:
             self._restore(ckpt)
@@ -372,6 +374,16 @@ class _Run:
             optimizer=self.optimizer.state_dict(),
             state=self.state,
         )
+        bad = [
+            k
+            for k, v in (ckpt.params | ckpt.optimizer).items()
+            if v.dtype.kind == "f" and not np.isfinite(v).all()
+        ]
+        if bad:  # a loss can stay finite over parameters that are not (relu of -inf)
+            raise self._diverged(
+                f"{', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''} became "
+                f"infinite or NaN by step {self.step}"
+            )
         save_checkpoint(path, ckpt)
         self.best = best
         self.last = path
@@ -464,6 +476,7 @@ class _Run:
                         f"{self.step + 1}, epoch {(self.step + 1) / n_train:.2f}"
                     )
                 self.state = state
+                self.last_norm = norm
                 self.step += 1
                 train_time += dt
                 train_steps += 1
@@ -521,7 +534,12 @@ class _Run:
     def _evaluate(self, writer: Any, bar: Any) -> str:
         val = self.validate()
         if not math.isfinite(val):
-            raise self._diverged(f"the validation loss became {val} at step {self.step}")
+            norm = (
+                f", after a step of gradient norm {self.last_norm:.4g}"
+                if self.last_norm is not None
+                else ""
+            )
+            raise self._diverged(f"the validation loss became {val} at step {self.step}{norm}")
         self.val_losses.append((self.step, val))
         path = self._checkpoint(val)
         self._log_row(
