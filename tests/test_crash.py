@@ -104,6 +104,19 @@ def test_a_writer_whose_new_file_is_removed_before_it_locks_it_makes_another(tmp
     assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]
 
 
+def test_where_nothing_can_be_locked_checkpoints_are_written_and_nothing_removed(
+    tmp_path, monkeypatch
+):
+    def cannot(fd, operation):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(checkpoint_module.fcntl, "flock", cannot)
+    path = save_checkpoint(tmp_path / "a.npz", small_checkpoint(4))
+    assert load_checkpoint(path).meta["step"] == 4
+    stale = temporary(tmp_path)
+    assert remove_stale_temporaries(tmp_path) == [] and stale.exists()
+
+
 def relu_config(tmp_path, **kw) -> TrainConfig:
     base = {
         "cell": "rnn_relu",

@@ -119,13 +119,18 @@ def _locked_temporary(folder: Path, name: str) -> tuple[int, str]:
 
     The file exists for a moment before it is locked; should
     :func:`remove_stale_temporaries` take it for a dead writer's in that moment and
-    delete it, this sees the name gone once it holds the lock, and makes another.
+    delete it, this sees the name gone once it holds the lock, and makes another. On a
+    file system that cannot lock, the file stays unlocked (and no cleaner can lock it
+    either, so none removes it).
     """
     while True:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
         if fcntl is None:
             return fd, tmp
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            return fd, tmp
         if _same_file(fd, tmp):
             return fd, tmp
         os.close(fd)
@@ -173,8 +178,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     the middle of :func:`save_checkpoint`); returns their paths.
 
     Only names of :data:`TEMPORARY`'s form are looked at, and of those only the files
-    no process holds locked: a live writer's file stays. Without ``fcntl`` (Windows)
-    nothing is removed.
+    no process holds locked: a live writer's file stays. Without ``fcntl`` (Windows), or
+    on a file system that cannot lock, nothing is removed.
     """
     removed: list[Path] = []
     if fcntl is None:
@@ -193,7 +198,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # a live writer holds it
+            except OSError:  # a live writer holds it (or nothing can be locked here)
                 continue
             # a writer that finished meanwhile has renamed it: then this is not its name
             if _same_file(fd, entry.path):
