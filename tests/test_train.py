@@ -10,10 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -308,42 +304,6 @@ def test_loss_curve_png_where_matplotlib_is_installed(runs):
     pytest.importorskip("matplotlib")
     png = runs["a_dir"] / "lstm_loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-KILLED_RUN = """
-import sys, time
-from rnnc.train import train, TrainConfig
-text = open(sys.argv[1], encoding="utf-8").read()
-config = TrainConfig(cell="lstm", rnn_size=8, num_layers=1, batch_size=4, seq_length=8,
-                     train_frac=0.8, eval_every=1, max_steps=10_000, backend=sys.argv[3],
-                     checkpoint_dir=sys.argv[2], progress=False, sample_length=5)
-train(config, text=text, out=lambda line: None, on_step=lambda *a: time.sleep(0.05))
-"""
-
-
-def test_a_killed_run_leaves_whole_checkpoints_and_resumes(tmp_path):
-    """SIGKILL a run while it writes a checkpoint every step: every file left is whole,
-    and the newest resumes."""
-    data = tmp_path / "input.txt"
-    data.write_text(TINY, encoding="utf-8")
-    script = tmp_path / "run.py"
-    script.write_text(KILLED_RUN)
-    cv = tmp_path / "cv"
-    proc = subprocess.Popen([sys.executable, str(script), str(data), str(cv), FAST])
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(cv.glob("lm_*.npz"))) < 5:
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    files = list(cv.glob("lm_*.npz"))
-    assert len(files) >= 5, "the run did not get far enough to be killed mid-way"
-    steps = [load_checkpoint(f).meta["step"] for f in files]  # every one loads
-    newest = files[steps.index(max(steps))]
-    result = resume(newest, text=TINY, out=quiet, max_steps=max(steps) + 1)
-    assert result.steps == max(steps) + 1
-    with open(result.log, newline="") as f:  # what the killed run logged after it is gone
-        logged = [int(r["step"]) for r in csv.DictReader(f) if r["loss"]]
-    assert logged == list(range(1, max(steps) + 2))
 
 
 def test_time_budget_counts_training_not_compilation(tmp_path):
