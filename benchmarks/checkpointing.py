@@ -123,7 +123,9 @@ def main() -> None:
     )
     parser.add_argument("--backend", default="c")
     parser.add_argument("--loss", choices=["final", "all"], default="final")
-    parser.add_argument("--repeat", type=int, default=5, help="timed calls per configuration")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="timed calls per configuration (at least 3)"
+    )
     parser.add_argument("--json", help="also write the raw figures here")
     args = parser.parse_args()
 
@@ -135,9 +137,13 @@ def main() -> None:
         fn(xs)  # warm up
     times: list[list[float]] = [[] for _ in cfgs]
     peaks: list[list[float]] = [[] for _ in cfgs]
-    for _ in range(args.repeat):  # interleaved, so that a busy machine slows all alike
-        for i, (fn, _) in enumerate(built):
-            seconds, peak = call(fn, xs)
+    # Interleaved, so that a busy machine slows all alike, and in a rotated order: the
+    # first call of each round measured up to 1.9x slower than the same function later
+    # in the round (the memory the previous round freed is mapped again).
+    for r in range(args.repeat):
+        for k in range(len(built)):
+            i = (k + r) % len(built)
+            seconds, peak = call(built[i][0], xs)
             times[i].append(seconds)
             peaks[i].append(peak)
     rows = [

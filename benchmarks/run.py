@@ -380,12 +380,15 @@ def check_agreement(cands: list[Candidate]) -> list[Candidate]:
 
 
 def time_interleaved(cands: list[Candidate], mode: str, repeat: int) -> dict[str, float]:
-    """Median seconds per call, each repetition calling every candidate once."""
+    """Median seconds per call, each repetition calling every candidate once, in an
+    order rotated from one repetition to the next (the first call of a round can be
+    slower: memory the previous round freed is mapped again)."""
     times: dict[str, list[float]] = {c.name: [] for c in cands}
     for c in cands:  # warm-up
         getattr(c, mode)()
-    for _ in range(repeat):
-        for c in cands:
+    for r in range(repeat):
+        for k in range(len(cands)):
+            c = cands[(k + r) % len(cands)]
             fn = getattr(c, mode)
             t0 = _now()
             fn()
