@@ -721,8 +721,9 @@ class Recurrent(SequenceLayer):
     name
         Prefix of the parameters' PyTensor names.
     optimize
-        The IR passes (:mod:`rnnc.passes`): True (all, the default), False (none), or
-        a dict switching some, e.g. ``{"fuse": False, "save": "none"}``.
+        The IR passes (:mod:`rnnc.passes`): True (the default: all, less those a
+        backend is faster without, :data:`rnnc.passes.BACKEND_DEFAULTS`), False (none),
+        or a dict switching some, e.g. ``{"fuse": False, "save": "none"}``.
     num_layers
         Stack this many layers of the cell (as PyTorch's ``num_layers``): the first
         output of each is the input of the next, whose input dimension is set to fit.
@@ -786,11 +787,11 @@ class Recurrent(SequenceLayer):
         **dims: int,
     ) -> None:
         self.cell = load_cell(cell)
-        self.optimize = passes.resolve(optimize)
+        self.backend = check_backend(backend) if backend else None
+        self.optimize = passes.resolve(optimize, self._backend())
         if dtype not in ("float32", "float64"):
             raise OptionError(f"dtype must be 'float32' or 'float64', not {dtype!r}")
         self.dtype = dtype
-        self.backend = check_backend(backend) if backend else None
         self.name = name or self.cell.name
         self.sizes = self._check_dims(dims)
         if not bias:

@@ -19,6 +19,7 @@ from rnnc.passes.fuse import fuse
 from rnnc.passes.hoist import hoist
 from rnnc.passes.save import save
 from rnnc.passes.sink import sink
+from rnnc.passes.widen import widen
 from rnnc.reference import run
 
 SIZES = {"I": 3, "H": 4}
@@ -63,6 +64,7 @@ SINGLE = {
     "sink": sink,
     "hoist": hoist,
     "fuse": lambda cell: fuse(cell, SIZES),
+    "widen": lambda cell: widen(fuse(hoist(cell), SIZES), SIZES),
     "save": save,
     "all": lambda cell: optimize(cell, True, SIZES),
 }
@@ -85,6 +87,45 @@ def test_lstm_after_all_passes_has_one_product_per_step_in_the_loop():
     before = [n for n in ir.walk(list(cell.precompute.values())) if n.op == "matmul"]
     assert len(before) == 1 and before[0].args[1].shape == ("I", "4*H")
     assert dict(cell.postcompute) == {"y": ir.Node("new", (), ("H",), "h")}
+    # widen: one [4H] value goes into the loop, added once to the product there
+    (pre,) = cell.precompute.values()
+    assert pre.shape == ("4*H",) and pre.op == "add"
+    adds = [n for n in loop if n.op == "add" and n.shape == ("4*H",)]
+    assert len(adds) == 1 and set(adds[0].args) == {
+        products[0],
+        ir.Node("seq", (), ("4*H",), "_wide0"),
+    }
+
+
+WIDEN_IN_LOOP = """
+cell c(x: [I]) -> (y: [H]):
+    state h: [H] = 0
+    state g: [H] = 0
+    h' = tanh(h @ A + b)
+    g' = sigmoid(h @ B + d) * g + x @ C
+    y = h' + g'
+"""
+
+
+def test_widen_adds_parameters_to_a_fused_product_once():
+    cell = rnnc.parse(WIDEN_IN_LOOP)["c"]
+    after = optimize(cell, {"save": "none"}, SIZES)
+    loop = ir.walk([*after.next_state.values(), *after.outputs.values()])
+    product = next(n for n in loop if n.op == "matmul")
+    wide = [n for n in loop if n.op == "add" and product in n.args]
+    assert len(wide) == 1 and wide[0].shape == ("2*H",)
+    assert_same_meaning(cell, after)
+    # without the fuse pass there is nothing to widen
+    assert optimize(cell, {"fuse": False}, SIZES) == optimize(
+        cell, {"fuse": False, "widen": False}, SIZES
+    )
+
+
+def test_widen_leaves_a_partly_covered_product_alone():
+    """The GRU's candidate gate adds its bias inside the loop, so of the three slices of
+    the fused input product only two get a second bias: nothing widens before the loop."""
+    cell = rnnc.load_cell("gru")
+    assert optimize(cell, True, SIZES) == optimize(cell, {"widen": False}, SIZES)
 
 
 def test_fused_parameters_keep_their_names():
@@ -146,6 +187,9 @@ def test_options_resolve():
     assert resolve({"fuse": False})["fuse"] is False
     assert resolve({"save": False})["save"] == "none"
     assert set(DEFAULTS) == set(PASSES)
+    assert resolve(True, "jax")["widen"] is False and resolve(True, "c")["widen"] is True
+    assert resolve({"widen": True}, "jax")["widen"] is True
+    assert rnnc.Recurrent("lstm", I=2, H=3, backend="jax").optimize["widen"] is False
     with pytest.raises(OptionError, match="unknown pass 'hoisting'"):
         resolve({"hoisting": True})
     with pytest.raises(OptionError, match="save"):

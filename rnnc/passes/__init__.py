@@ -9,7 +9,8 @@ interpreter on the cell before and after it. :func:`optimize` runs them in order
 3. :mod:`~rnnc.passes.sink`  outputs computable from the new state go after the loop
 4. :mod:`~rnnc.passes.hoist` state-free work goes before the loop, for all steps at once
 5. :mod:`~rnnc.passes.fuse`  products sharing an operand become one product
-6. :mod:`~rnnc.passes.save`  values the backward loop needs become extra outputs
+6. :mod:`~rnnc.passes.widen` additions on the slices of a product become one addition
+7. :mod:`~rnnc.passes.save`  values the backward loop needs become extra outputs
 
 >>> cell = rnnc.load_cell("lstm")
 >>> fast = optimize(cell, True, sizes={"I": 8, "H": 16})
@@ -33,11 +34,12 @@ from rnnc.passes.fuse import fuse
 from rnnc.passes.hoist import hoist
 from rnnc.passes.save import MODES, PREFIX, save
 from rnnc.passes.sink import sink
+from rnnc.passes.widen import widen
 
-__all__ = ["DEFAULTS", "OFF", "PASSES", "SAVED_PREFIX", "optimize", "resolve"]
+__all__ = ["BACKEND_DEFAULTS", "DEFAULTS", "OFF", "PASSES", "SAVED_PREFIX", "optimize", "resolve"]
 
 #: The passes in the order they run.
-PASSES = ("fold", "cse", "sink", "hoist", "fuse", "save")
+PASSES = ("fold", "cse", "sink", "hoist", "fuse", "widen", "save")
 #: ``optimize=True``: every pass; ``save`` keeps the nonlinearities' results.
 DEFAULTS: dict[str, Any] = {
     "fold": True,
@@ -45,8 +47,13 @@ DEFAULTS: dict[str, Any] = {
     "sink": True,
     "hoist": True,
     "fuse": True,
+    "widen": True,
     "save": "auto",
 }
+#: Defaults that differ on one backend, by measurement (benchmarks/README.md): on JAX,
+#: ``widen`` made the LSTM's forward 1.5x slower (XLA runs a scan over one [T, B, 4H]
+#: sequence sliced in the step more slowly than over four [T, B, H] ones).
+BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {"jax": {"widen": False}}
 #: ``optimize=False``: the cell as written.
 OFF: dict[str, Any] = {
     "fold": False,
@@ -54,16 +61,19 @@ OFF: dict[str, Any] = {
     "sink": False,
     "hoist": False,
     "fuse": False,
+    "widen": False,
     "save": "none",
 }
 #: Outputs whose names start with this are internal (saved for the backward pass).
 SAVED_PREFIX = PREFIX
 
 
-def resolve(options: bool | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The full option dict for ``optimize=options`` (True, False or a partial dict)."""
+def resolve(options: bool | Mapping[str, Any] | None, backend: str | None = None) -> dict[str, Any]:
+    """The full option dict for ``optimize=options`` (True, False or a partial dict),
+    with the defaults of ``backend`` (:data:`BACKEND_DEFAULTS`) for what it leaves out."""
+    defaults = {**DEFAULTS, **BACKEND_DEFAULTS.get(backend or "", {})}
     if options is None or options is True:
-        return dict(DEFAULTS)
+        return defaults
     if options is False:
         return dict(OFF)
     if not isinstance(options, Mapping):
@@ -77,7 +87,7 @@ def resolve(options: bool | Mapping[str, Any] | None) -> dict[str, Any]:
             f"unknown pass {', '.join(map(repr, unknown))} in optimize=",
             fix=f"the passes are: {', '.join(PASSES)}",
         )
-    out = {**DEFAULTS, **options}
+    out = {**defaults, **options}
     if out["save"] is True:
         out["save"] = "auto"
     elif out["save"] is False:
@@ -101,7 +111,7 @@ def optimize(
     """Run the passes ``options`` switch on over ``cell``.
 
     ``sizes`` (the layer's dimension sizes) is needed by ``fuse``, which writes the
-    numeric bounds of the slices it makes; without it ``fuse`` is skipped.
+    numeric bounds of the slices it makes, and ``widen``; without it both are skipped.
     """
     opts = resolve(options)
     if opts["fold"]:
@@ -114,6 +124,8 @@ def optimize(
         cell = hoist(cell)
     if opts["fuse"] and sizes is not None:
         cell = fuse(cell, sizes)
+    if opts["widen"] and sizes is not None:
+        cell = widen(cell, sizes)
     if opts["save"] != "none":
         cell = save(cell, opts["save"])
     return cell
