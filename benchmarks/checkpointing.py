@@ -7,8 +7,8 @@ measures:
 * ``peak``: the largest amount of NumPy memory alive during one call (tracemalloc
   sees every NumPy buffer the compiled function allocates, scan's included), minus
   what was alive before the call (the inputs and parameters);
-* ``time``: the median wall time of a call (the configurations' calls interleaved),
-  and the time to compile.
+* ``time``: the median wall time of a call (the configurations' calls interleaved, in
+  an order rotated each round, and untraced), and the time to compile.
 
 Configurations: the plain scan with the default passes (``optimize=True``: ``hoist``
 computes the input products of every step before the loop, ``save`` keeps values for
@@ -61,17 +61,22 @@ def build(cfg: dict):
     return fn, time.perf_counter() - start
 
 
-def call(fn, xs: np.ndarray) -> tuple[float, float]:
-    """Seconds and peak MiB of NumPy memory allocated by one call."""
+def peak_mib(fn, xs: np.ndarray) -> float:
+    """Peak MiB of NumPy memory allocated by one call (traced: not timed, as tracing
+    every allocation slowed the calls unevenly, up to 1.7x)."""
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    start = time.perf_counter()
     result = fn(xs)
-    seconds = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1] - before
     tracemalloc.stop()
     del result
-    return seconds, peak / 2**20
+    return peak / 2**20
+
+
+def seconds(fn, xs: np.ndarray) -> float:
+    start = time.perf_counter()
+    fn(xs)
+    return time.perf_counter() - start
 
 
 def machine() -> str:
@@ -133,25 +138,21 @@ def main() -> None:
     built = [build(cfg) for cfg in cfgs]
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(args.batch, args.steps, args.features)).astype("float32")
-    for fn, _ in built:
-        fn(xs)  # warm up
+    peaks = [peak_mib(fn, xs) for fn, _ in built]  # also the warm-up
     times: list[list[float]] = [[] for _ in cfgs]
-    peaks: list[list[float]] = [[] for _ in cfgs]
     # Interleaved, so that a busy machine slows all alike, and in a rotated order: the
     # first call of each round measured up to 1.9x slower than the same function later
     # in the round (the memory the previous round freed is mapped again).
     for r in range(args.repeat):
         for k in range(len(built)):
             i = (k + r) % len(built)
-            seconds, peak = call(built[i][0], xs)
-            times[i].append(seconds)
-            peaks[i].append(peak)
+            times[i].append(seconds(built[i][0], xs))
     rows = [
         {
             **cfg,
             "compile_s": compile_s,
             "time_s": statistics.median(t),
-            "peak_mib": max(p),
+            "peak_mib": p,
         }
         for cfg, (_, compile_s), t, p in zip(cfgs, built, times, peaks, strict=True)
     ]

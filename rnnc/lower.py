@@ -22,6 +22,7 @@ import pytensor.tensor as pt
 from pytensor.tensor.variable import TensorVariable
 
 from rnnc import ir, ops
+from rnnc.passes.common import make
 from rnnc.reference import LAYER_NORM_EPS
 
 __all__ = ["ScanResult", "lower_nodes", "scan_cell"]
@@ -194,7 +195,7 @@ def _loop_invariants(cell: ir.CellIR) -> tuple[ir.CellIR, dict[str, ir.Node]]:
     def swap(node: ir.Node, args: tuple[ir.Node, ...]) -> ir.Node:
         if node in frontier:
             return ir.Node("param", (), node.shape, frontier[node])
-        return node if args == node.args else ir.Node(node.op, args, node.shape, node.value)
+        return make(node, args)
 
     cell = cell.replace(
         next_state={k: ir.rebuild(v, swap, memo) for k, v in cell.next_state.items()},
