@@ -133,10 +133,17 @@ def check_backend(backend: str) -> str:
 
 
 def mode(backend: str | None = None) -> Mode:
-    """PyTensor's compilation mode for a backend."""
+    """PyTensor's compilation mode for a backend.
+
+    The C mode leaves out PyTensor's ``scan_pushout_add``, which turns a weight
+    gradient summed inside the backward loop into one product after it, keeping the
+    per-step factor for every step: measured on an LSTM (B=32 H=256, C), it made the
+    gradient no faster and, without the ``hoist`` pass, took 315 instead of 193 MiB
+    for 1000 steps (35 instead of 26 MiB for 100).
+    """
     backend = check_backend(backend or default_backend())
     if backend == "c":
-        return Mode(linker="cvm", optimizer="fast_run")
+        return Mode(linker="cvm", optimizer="fast_run").excluding("scan_pushout_add")
     if backend == "python":
         return get_mode("FAST_COMPILE")
     return get_mode(backend.upper())

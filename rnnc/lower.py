@@ -170,8 +170,8 @@ def _loop_invariants(cell: ir.CellIR) -> tuple[ir.CellIR, dict[str, ir.Node]]:
     passed in as one non-sequence: the step reads a leaf ``param:~inv<i>`` instead.
     Inside the loop, the concatenation would be done at every step, and its gradient
     split at every step of the backward loop into one accumulator per weight; passed
-    in whole, the backward loop accumulates a single ``h.T @ dP`` per step, which
-    PyTensor's ``scan_push_out_add`` turns into one product after the loop.
+    in whole, the backward loop accumulates a single ``h.T @ dP`` per step (one
+    ``Gemm`` on the C backend).
 
     Returns the cell with the rewritten in-loop roots and the invariants by leaf name.
     """
