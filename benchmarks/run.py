@@ -19,7 +19,8 @@ to one core (``os.sched_setaffinity``), and OpenMP, OpenBLAS, MKL, Numba, XLA an
 PyTorch are each told to use one thread, so every candidate runs on one core.
 
 Results accumulate in ``benchmarks/results.json`` (one entry per cell, size, mode and
-candidate; a new run replaces what it measures again), from which the section of
+candidate; a new run replaces every entry of each cell, size and mode it measures, so
+that the ratios of a table row come from one run), from which the section of
 ``benchmarks/README.md`` between the ``rnnc-bench`` markers is rewritten.
 """
 
@@ -603,17 +604,14 @@ def main(argv: list[str] | None = None) -> int:
                 medians = time_interleaved(cands, mode, args.repeat)
                 ref = next((v for k, v in medians.items() if k.startswith("torch")), None)
                 print(f"\n{cell} {size} {mode}")
+                # ratios come from one interleaved run: this run replaces the group
+                group = (cell, size, mode)
+                results = [r_ for r_ in results if (r_["cell"], r_["size"], r_["mode"]) != group]
                 for c in cands:
                     sec = medians[c.name]
                     ratio = f"{sec / ref:6.2f}x torch" if ref else ""
                     comp = f"  compile {c.compile_s.get(mode, 0):.1f}s" if c.compile_s else ""
                     print(f"  {c.name:32s} {sec * 1e3:9.2f} ms {ratio}{comp}", flush=True)
-                    key = (cell, size, mode, c.name)
-                    results = [
-                        r_
-                        for r_ in results
-                        if (r_["cell"], r_["size"], r_["mode"], r_["candidate"]) != key
-                    ]
                     results.append(
                         {
                             "cell": cell,
