@@ -3,7 +3,9 @@
 The benchmark lives in the source tree, not in the wheel; this command finds it next
 to the package (an editable install or a clone) and runs it in a new process, so
 that it can pin threads before NumPy, PyTensor and PyTorch start. Every option after
-``bench`` goes to the script (``rnnc bench --cells lstm --sizes medium``).
+``bench`` goes to the script (``rnnc bench --cells lstm --sizes medium``). Like the
+script, it records its figures in ``benchmarks/results.json`` and
+``benchmarks/README.md`` unless given ``--no-write``.
 """
 
 from __future__ import annotations
