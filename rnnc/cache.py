@@ -11,8 +11,9 @@ down, each keyed so that a changed cell, size or version never reuses a stale en
   ``<rnnc cache>/jax``.
 * rnnc's own cache of compiled functions (:func:`cached_function`), keyed by the
   cell's text, dimensions, dtype, backend, options and the versions of rnnc, PyTensor
-  and NumPy. A hit skips PyTensor's graph rewriting (about two seconds for an LSTM
-  gradient) as well as the compilation.
+  and NumPy. A hit skips PyTensor's graph rewriting as well as the compilation, and,
+  when the graph is built inside ``build``, the graph too: 0.75 s from a process's
+  start to the end of the first call of an LSTM gradient on C.
 
 The cache lives in ``$RNNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnc``, else
 ``~/.cache/rnnc``; ``RNNC_CACHE=0`` switches rnnc's own cache off.
@@ -192,6 +193,8 @@ def _versions() -> dict[str, str]:
 
     import rnnc
 
+    configure_blas()  # else reading the flags makes PyTensor probe for a BLAS (0.24 s)
+
     return {
         "rnnc": rnnc.__version__,
         "pytensor": pytensor.__version__,
@@ -216,8 +219,9 @@ def cached_function(
 
     ``parts`` must name everything the function depends on (cell text, dimensions,
     dtype, backend, options, the kind of call). ``shared`` maps names to the shared
-    variables the caller owns: a function loaded from disk has copies of them, which
-    are swapped for the caller's (by name) so that training updates reach the caller.
+    variables the caller owns: a function loaded from disk reads and updates them (by
+    name) instead of the copies it was pickled with, so training updates reach the
+    caller. Build the graph inside ``build`` so that a hit skips it too.
     """
     if not enabled():
         return build()
@@ -225,8 +229,7 @@ def cached_function(
     if path.exists():
         try:
             with path.open("rb") as f:
-                fn = pickle.load(f)
-            return _swap_shared(fn, shared) if shared else fn
+                return _Loader(f, shared or {}).load()
         except Exception:  # a stale or broken entry: rebuild it
             path.unlink(missing_ok=True)
     fn = build()
@@ -242,20 +245,36 @@ def cached_function(
     return fn
 
 
-def _swap_shared(fn: Any, shared: Mapping[str, Any]) -> Any:
-    """Make a loaded function read and update the caller's shared variables."""
-    from pytensor.compile.sharedvalue import SharedVariable
+class _Loader(pickle.Unpickler):
+    """Unpickles a compiled function so that it reads and updates the caller's shared
+    variables (matched by name): their containers are handed to the linker when the
+    function is made, once. (``Function.copy(swap=...)`` after loading would make the
+    function a second time: 0.4 s of a 1.6 s load for an LSTM gradient on C.)"""
 
-    by_name = {v.name: v for v in shared.values()}
-    swap = {}
-    for var in fn.maker.fgraph.inputs:
-        if isinstance(var, SharedVariable) and var.name in by_name:
-            swap[var] = by_name[var.name]
-    for inp in fn.maker.inputs:
-        var = getattr(inp, "variable", None)
-        if isinstance(var, SharedVariable) and var.name in by_name:
-            swap[var] = by_name[var.name]
-    return fn.copy(swap=swap) if swap else fn
+    def __init__(self, file: Any, shared: Mapping[str, Any]) -> None:
+        super().__init__(file)
+        self.shared = {v.name: v for v in shared.values()}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("pytensor.compile.executor", "_constructor_Function"):
+            return self._function
+        return super().find_class(module, name)
+
+    def _function(
+        self, maker: Any, input_storage: list, inputs_data: list, trust_input: bool = False
+    ) -> Any:
+        from pytensor.compile.sharedvalue import SharedVariable
+
+        storage = []
+        for inp, container in zip(maker.expanded_inputs, input_storage, strict=True):
+            var = getattr(inp, "variable", None)
+            mine = self.shared.get(var.name) if isinstance(var, SharedVariable) else None
+            if mine is not None and mine.type.in_same_class(var.type):
+                container = mine.container
+            storage.append(container)
+        fn = maker.create(storage)
+        fn.trust_input = trust_input
+        return fn
 
 
 def clear() -> int:

@@ -110,6 +110,24 @@ def test_cached_function_survives_a_new_process_and_keeps_shared_variables(tmp_p
     assert cache.clear() == 1
 
 
+def test_a_cached_function_updates_the_callers_shared_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    count = pytensor.shared(np.float64(0), name="count")
+    step = pt.dscalar("step")
+
+    def build():
+        return function([step], count * 2, FAST, updates={count: count + step})
+
+    parts = {"test": "updates"}
+    cache.cached_function(parts, build, {"count": count})(1.0)
+    mine = pytensor.shared(np.float64(10), name="count")  # a new process's variable
+    loaded = cache.cached_function(parts, lambda: None, {"count": mine})
+    assert loaded(5.0) == 20.0 and mine.get_value() == 15.0  # read and updated in place
+    mine.set_value(np.float64(1))
+    assert loaded(0.0) == 2.0
+    assert count.get_value() == 1.0  # the first variable is not touched
+
+
 def test_key_digest_depends_on_every_part():
     assert cache.key_digest({"a": 1}) == cache.key_digest({"a": 1})
     assert cache.key_digest({"a": 1}) != cache.key_digest({"a": 2})
