@@ -221,7 +221,8 @@ def cached_function(
     dtype, backend, options, the kind of call). ``shared`` maps names to the shared
     variables the caller owns: a function loaded from disk reads and updates them (by
     name) instead of the copies it was pickled with, so training updates reach the
-    caller. Build the graph inside ``build`` so that a hit skips it too.
+    caller; shared variables not named there keep the values they were pickled with.
+    Build the graph inside ``build`` so that a hit skips it too.
     """
     if not enabled():
         return build()
