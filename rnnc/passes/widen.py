@@ -71,7 +71,7 @@ def _partition(
 
 
 def _other(add: ir.Node, s: ir.Node) -> ir.Node:
-    return add.args[1] if add.args[0] is s else add.args[0]
+    return add.args[1] if add.args[0] == s else add.args[0]
 
 
 def _one_rewrite(roots: list[ir.Node], sizes: Mapping[str, int]) -> dict[ir.Node, ir.Node] | None:
@@ -84,7 +84,7 @@ def _one_rewrite(roots: list[ir.Node], sizes: Mapping[str, int]) -> dict[ir.Node
         adds = []
         for s in slices:
             candidates = [u for u in users.get(s, []) if u.op == "add" and u.shape == s.shape]
-            if len(candidates) != 1 or candidates[0].args[0] is candidates[0].args[1]:
+            if len(candidates) != 1 or candidates[0].args[0] == candidates[0].args[1]:
                 break
             adds.append(candidates[0])
         else:
