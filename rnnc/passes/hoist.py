@@ -69,18 +69,26 @@ def hoist(cell: ir.CellIR) -> ir.CellIR:
     names = {node: name for name, node in precompute.items()}
     counter = len(precompute)
     hoisted: dict[ir.Node, ir.Node] = {}
+    inlined: dict[ir.Node, ir.Node] = {}
+
+    def inline(node: ir.Node, args: tuple[ir.Node, ...]) -> ir.Node:
+        """A value read from an earlier hoist (``seq:_pre0``, when the passes run on
+        an optimised cell) is replaced by what it names: values computed before the
+        loop read inputs and parameters only."""
+        return cell.precompute[node.value] if node.op == "seq" else make(node, args)
 
     def visit(node: ir.Node) -> ir.Node:
         nonlocal counter
         if node in hoisted:
             return hoisted[node]
         if node.batched and not node.stateful and node.op not in ir.LEAVES:
-            if node not in names:
+            value = ir.rebuild(node, inline, inlined)
+            if value not in names:
                 while f"_pre{counter}" in precompute:
                     counter += 1
-                names[node] = f"_pre{counter}"
-                precompute[names[node]] = node
-            out = ir.Node("seq", (), node.shape, names[node])
+                names[value] = f"_pre{counter}"
+                precompute[names[value]] = value
+            out = ir.Node("seq", (), node.shape, names[value])
         elif not node.stateful:
             out = node
         else:

@@ -157,7 +157,7 @@ def widen(cell: ir.CellIR, sizes: Mapping[str, int]) -> ir.CellIR:
     if not _whole_values_only(pre):  # a GRU: keep the values as they were
         pre = dict(cell.precompute)
     # slices of one value computed before the loop: the value goes in, sliced inside
-    bases: dict[ir.Node, str] = {}
+    bases: dict[ir.Node, str] = {v: k for k, v in pre.items()}  # reuse a name (a rerun)
     sliced: dict[str, ir.Node] = {}
     for name, node in list(pre.items()):
         if _is_slice(node):
@@ -189,9 +189,8 @@ def widen(cell: ir.CellIR, sizes: Mapping[str, int]) -> ir.CellIR:
         next_state={k: widened[k] for k in cell.next_state},
         outputs={k: widened[k] for k in cell.outputs},
     )
-    read = {
-        n.value
-        for n in ir.walk([*in_loop_roots(cell), *cell.postcompute.values()])
-        if n.op == "seq"
-    }
+    # the values nothing reads any more (a value computed before the loop may read
+    # another: the passes run twice)
+    everything = [*in_loop_roots(cell), *cell.postcompute.values(), *pre.values()]
+    read = {n.value for n in ir.walk(everything) if n.op == "seq"}
     return cell.replace(precompute={k: v for k, v in pre.items() if k in read})
