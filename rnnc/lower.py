@@ -22,7 +22,7 @@ import pytensor.tensor as pt
 from pytensor.tensor.variable import TensorVariable
 
 from rnnc import ir, ops
-from rnnc.passes.common import make
+from rnnc.passes.common import in_loop_roots, rebuild_roots, swapping, with_loop_roots
 from rnnc.reference import LAYER_NORM_EPS
 
 __all__ = ["ScanResult", "lower_nodes", "scan_cell"]
@@ -175,7 +175,7 @@ def _loop_invariants(cell: ir.CellIR) -> tuple[ir.CellIR, dict[str, ir.Node]]:
 
     Returns the cell with the rewritten in-loop roots and the invariants by leaf name.
     """
-    roots = [*cell.next_state.values(), *cell.outputs.values()]
+    roots = in_loop_roots(cell)
     frontier: dict[ir.Node, str] = {}
 
     def mark(node: ir.Node) -> None:
@@ -190,17 +190,8 @@ def _loop_invariants(cell: ir.CellIR) -> tuple[ir.CellIR, dict[str, ir.Node]]:
         mark(root)
     if not frontier:
         return cell, {}
-    memo: dict[ir.Node, ir.Node] = {}
-
-    def swap(node: ir.Node, args: tuple[ir.Node, ...]) -> ir.Node:
-        if node in frontier:
-            return ir.Node("param", (), node.shape, frontier[node])
-        return make(node, args)
-
-    cell = cell.replace(
-        next_state={k: ir.rebuild(v, swap, memo) for k, v in cell.next_state.items()},
-        outputs={k: ir.rebuild(v, swap, memo) for k, v in cell.outputs.items()},
-    )
+    leaves = {node: ir.Node("param", (), node.shape, name) for node, name in frontier.items()}
+    cell = with_loop_roots(cell, rebuild_roots(roots, swapping(leaves)))
     return cell, {name: node for node, name in frontier.items()}
 
 
@@ -411,7 +402,7 @@ def scan_cell(
     if invariants:  # computed once, before the loop, and passed in
         values = lower_nodes(list(invariants.values()), param_leaves, dtype)
         params = {**params, **dict(zip(invariants, values, strict=True))}
-    step_roots = [*cell.next_state.values(), *cell.outputs.values()]
+    step_roots = in_loop_roots(cell)
     used = {(n.op, n.value) for n in ir.walk(step_roots) if n.op in ir.LEAVES}
     seq_names = [("input", k) for k in inputs_tm if ("input", k) in used]
     seq_names += [("seq", k) for k in seq_values if ("seq", k) in used]

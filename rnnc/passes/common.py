@@ -6,7 +6,7 @@ Nothing here imports PyTensor; the passes work on :mod:`rnnc.ir` alone.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from rnnc import ir
 
@@ -16,9 +16,12 @@ __all__ = [
     "in_loop_roots",
     "leaf_names",
     "make",
+    "rebuild_roots",
     "rewrite_cell",
     "stable_key",
+    "swapping",
     "uses_op",
+    "with_loop_roots",
 ]
 
 
@@ -38,9 +41,32 @@ def rewrite_cell(
     return cell.transform(lambda root: ir.rebuild(root, fn, memo))
 
 
+def swapping(replace: Mapping[ir.Node, ir.Node]) -> Callable[[ir.Node, tuple], ir.Node]:
+    """The rebuilding function that puts ``replace[node]`` in place of each of its
+    keys (for :func:`rewrite_cell`, :func:`rebuild_roots`)."""
+    return lambda node, args: replace.get(node) or make(node, args)
+
+
+def rebuild_roots(
+    roots: Iterable[ir.Node], fn: Callable[[ir.Node, tuple[ir.Node, ...]], ir.Node]
+) -> list[ir.Node]:
+    """Rebuild ``roots`` bottom-up with ``fn(node, new_args)``, one memo for all."""
+    memo: dict[ir.Node, ir.Node] = {}
+    return [ir.rebuild(root, fn, memo) for root in roots]
+
+
 def in_loop_roots(cell: ir.CellIR) -> list[ir.Node]:
     """The roots computed inside the loop: next states, then in-loop outputs."""
     return [*cell.next_state.values(), *cell.outputs.values()]
+
+
+def with_loop_roots(cell: ir.CellIR, roots: list[ir.Node]) -> ir.CellIR:
+    """``cell`` with new in-loop roots, in the order of :func:`in_loop_roots`."""
+    n = len(cell.next_state)
+    return cell.replace(
+        next_state=dict(zip(cell.next_state, roots[:n], strict=True)),
+        outputs=dict(zip(cell.outputs, roots[n:], strict=True)),
+    )
 
 
 def uses_op(root: ir.Node, op: str) -> bool:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from rnnc import ir
-from rnnc.passes.common import dim_sum, in_loop_roots, make
+from rnnc.passes.common import dim_sum, in_loop_roots, rewrite_cell, swapping
 
 __all__ = ["fuse"]
 
@@ -79,10 +79,5 @@ def fuse(cell: ir.CellIR, sizes: Mapping[str, int]) -> ir.CellIR:
             stop = start + ir.dim_size(w.shape[1], sizes)
             replace[node] = ir.Node("slice", (product,), node.shape, (start, stop))
             start = stop
-        memo: dict[ir.Node, ir.Node] = {}
-
-        def swap(node: ir.Node, args: tuple[ir.Node, ...], replace=replace) -> ir.Node:
-            return replace.get(node) or make(node, args)
-
-        cell = cell.transform(lambda root, memo=memo, swap=swap: ir.rebuild(root, swap, memo))
+        cell = rewrite_cell(cell, swapping(replace))
     return cell

@@ -24,7 +24,13 @@ they are loop-invariant and PyTensor already computes them once.
 from __future__ import annotations
 
 from rnnc import ir
-from rnnc.passes.common import broadcast_shapes, in_loop_roots, make
+from rnnc.passes.common import (
+    broadcast_shapes,
+    in_loop_roots,
+    make,
+    rebuild_roots,
+    with_loop_roots,
+)
 
 __all__ = ["hoist", "reassociate"]
 
@@ -63,8 +69,7 @@ def reassociate(node: ir.Node, args: tuple[ir.Node, ...]) -> ir.Node:
 def hoist(cell: ir.CellIR) -> ir.CellIR:
     """Move every maximal input-dependent, state-free subexpression of the loop into
     ``cell.precompute``."""
-    memo: dict[ir.Node, ir.Node] = {}
-    roots = [ir.rebuild(r, reassociate, memo) for r in in_loop_roots(cell)]
+    roots = rebuild_roots(in_loop_roots(cell), reassociate)
     precompute = dict(cell.precompute)
     names = {node: name for name, node in precompute.items()}
     counter = len(precompute)
@@ -96,10 +101,4 @@ def hoist(cell: ir.CellIR) -> ir.CellIR:
         hoisted[node] = out
         return out
 
-    new_roots = [visit(r) for r in roots]
-    n_states = len(cell.next_state)
-    return cell.replace(
-        next_state=dict(zip(cell.next_state, new_roots[:n_states], strict=True)),
-        outputs=dict(zip(cell.outputs, new_roots[n_states:], strict=True)),
-        precompute=precompute,
-    )
+    return with_loop_roots(cell, [visit(r) for r in roots]).replace(precompute=precompute)

@@ -42,7 +42,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from rnnc import ir
-from rnnc.passes.common import in_loop_roots, make
+from rnnc.passes.common import (
+    in_loop_roots,
+    rebuild_roots,
+    rewrite_cell,
+    swapping,
+    with_loop_roots,
+)
 
 __all__ = ["widen"]
 
@@ -128,12 +134,7 @@ def _whole(terms: list[ir.Node], slices: list[ir.Node], a: ir.Node) -> ir.Node |
 def _rewrite_region(roots: list[ir.Node], sizes: Mapping[str, int]) -> list[ir.Node]:
     """Widen within one region until nothing changes."""
     while (replace := _one_rewrite(roots, sizes)) is not None:
-        memo: dict[ir.Node, ir.Node] = {}
-
-        def swap(node: ir.Node, args: tuple[ir.Node, ...], replace=replace) -> ir.Node:
-            return replace.get(node) or make(node, args)
-
-        roots = [ir.rebuild(r, swap, memo) for r in roots]
+        roots = rebuild_roots(roots, swapping(replace))
     return roots
 
 
@@ -158,7 +159,7 @@ def widen(cell: ir.CellIR, sizes: Mapping[str, int]) -> ir.CellIR:
         pre = dict(cell.precompute)
     # slices of one value computed before the loop: the value goes in, sliced inside
     bases: dict[ir.Node, str] = {v: k for k, v in pre.items()}  # reuse a name (a rerun)
-    sliced: dict[str, ir.Node] = {}
+    sliced: dict[ir.Node, ir.Node] = {}  # seq:_pre0 -> slice(seq:_wide0, 0:H)
     for name, node in list(pre.items()):
         if _is_slice(node):
             base = node.args[0]
@@ -167,28 +168,11 @@ def widen(cell: ir.CellIR, sizes: Mapping[str, int]) -> ir.CellIR:
                     f"{PREFIX}{i}" for i in range(len(pre) + 1) if f"{PREFIX}{i}" not in pre
                 )
                 pre[bases[base]] = base
-            leaf = ir.Node("seq", (), base.shape, bases[base])
-            sliced[name] = ir.Node("slice", (leaf,), node.shape, node.value)
-    memo: dict[ir.Node, ir.Node] = {}
-
-    def to_slices(node: ir.Node, args: tuple[ir.Node, ...]) -> ir.Node:
-        if node.op == "seq" and node.value in sliced:
-            return sliced[node.value]
-        return make(node, args)
-
-    cell = cell.replace(
-        next_state={k: ir.rebuild(v, to_slices, memo) for k, v in cell.next_state.items()},
-        outputs={k: ir.rebuild(v, to_slices, memo) for k, v in cell.outputs.items()},
-        postcompute={k: ir.rebuild(v, to_slices, memo) for k, v in cell.postcompute.items()},
-    )
-    loop = in_loop_roots(cell)
-    widened = dict(
-        zip([*cell.next_state, *cell.outputs], _rewrite_region(loop, sizes), strict=True)
-    )
-    cell = cell.replace(
-        next_state={k: widened[k] for k in cell.next_state},
-        outputs={k: widened[k] for k in cell.outputs},
-    )
+            whole = ir.Node("seq", (), base.shape, bases[base])
+            leaf = ir.Node("seq", (), node.shape, name)
+            sliced[leaf] = ir.Node("slice", (whole,), node.shape, node.value)
+    cell = rewrite_cell(cell, swapping(sliced))  # (precompute is replaced below)
+    cell = with_loop_roots(cell, _rewrite_region(in_loop_roots(cell), sizes))
     # the values nothing reads any more (a value computed before the loop may read
     # another: the passes run twice)
     everything = [*in_loop_roots(cell), *cell.postcompute.values(), *pre.values()]
