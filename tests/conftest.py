@@ -13,6 +13,24 @@ REFERENCE = Path(__file__).parent / "reference"
 #: fine for small shapes. Tests about a backend name it explicitly.
 FAST = "python"
 
+#: Words of the small training texts.
+WORDS = "the quick brown fox jumps over a lazy dog while seven wizards hex".split()
+
+
+def make_text(n: int = 200, seed: int = 0) -> str:
+    """``n`` random words of :data:`WORDS`, a full stop and a newline."""
+    rng = np.random.default_rng(seed)
+    return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), n)) + ".\n"
+
+
+#: A training text of five batches of 4 x 8 characters: four train, one validation.
+TINY = make_text()[: 5 * 32 + 1]
+
+
+def quiet(line: str) -> None:
+    """An ``out=`` for training runs that prints nothing."""
+
+
 #: rnnc's name for each PyTorch mode in tests/reference.
 TORCH_MODES = {"rnn_tanh": "rnn", "rnn_relu": "rnn_relu", "lstm": "lstm", "gru": "gru"}
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST
+from conftest import FAST, TINY, quiet
 
 from rnnc.cli import main as rnnc_main
 from rnnc.errors import CheckpointError, TrainingDivergedError
@@ -40,13 +40,6 @@ from rnnc.train import checkpoint as checkpoint_module
 from rnnc.train.checkpoint import Checkpoint, remove_stale_temporaries
 
 CELLS = Path(__file__).parent / "cells"
-WORDS = "the quick brown fox jumps over a lazy dog while seven wizards hex".split()
-TEXT = " ".join(WORDS[i] for i in np.random.default_rng(0).integers(0, len(WORDS), 60))
-TEXT = TEXT[: 5 * 32 + 1]  # five batches of 4 x 8: four train, one validation
-
-
-def quiet(line: str) -> None:
-    pass
 
 
 def small_checkpoint(step: int = 1) -> Checkpoint:
@@ -138,7 +131,7 @@ def relu_config(tmp_path, **kw) -> TrainConfig:
 def test_training_removes_what_a_killed_writer_left(tmp_path):
     stale = temporary(tmp_path)
     lines = []
-    train(relu_config(tmp_path), text=TEXT, out=lines.append)
+    train(relu_config(tmp_path), text=TINY, out=lines.append)
     assert not stale.exists()
     assert f"removed 1 unfinished checkpoint file(s) that a killed run left in {tmp_path}" in lines
     assert [p.name for p in tmp_path.glob(".*")] == []
@@ -280,7 +273,7 @@ def test_sigkill_again_and_again_leaves_whole_checkpoints_that_resume(tmp_path):
     rng = np.random.default_rng(seed)
     t_start = time.perf_counter()
     data = tmp_path / "input.txt"
-    data.write_text(TEXT, encoding="utf-8")
+    data.write_text(TINY, encoding="utf-8")
     cv, logs = tmp_path / "cv", tmp_path / "logs"
     cv.mkdir()
     logs.mkdir()
@@ -440,7 +433,7 @@ def test_an_exploding_gradient_stops_training_at_the_last_good_checkpoint(
 ):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else the command sets it for the process
     data = tmp_path / "input.txt"
-    data.write_text(TEXT, encoding="utf-8")
+    data.write_text(TINY, encoding="utf-8")
     cv = tmp_path / "cv"
     argv = ["train", "--cell", f"{CELLS / 'explode.cell'}:explode", "--data", str(data)]
     argv += ["--rnn-size", "8", "--num-layers", "1", "--batch-size", "4", "--seq-length", "8"]
@@ -477,7 +470,7 @@ def test_clipping_keeps_an_exploding_gradient_finite(tmp_path, clip):
         finite = all(np.isfinite(v).all() for v in model.get_params().values())
         seen.append((step, np.isfinite(loss) and finite))
 
-    result = train(explode_config(tmp_path, **clip), text=TEXT, out=quiet, on_step=check)
+    result = train(explode_config(tmp_path, **clip), text=TINY, out=quiet, on_step=check)
     assert result.steps == 20 and result.stopped == "max_steps"
     assert seen == [(s, True) for s in range(1, 21)]
     with open(result.log, newline="") as f:
@@ -497,7 +490,7 @@ def test_no_checkpoint_of_parameters_that_are_not_finite(tmp_path):
 
     config = relu_config(tmp_path, max_steps=5)
     with pytest.raises(TrainingDivergedError) as e:
-        train(config, text=TEXT, out=quiet, on_step=poison)
+        train(config, text=TINY, out=quiet, on_step=poison)
     (good,) = tmp_path.glob("lm_rnn_relu_*.npz")
     assert str(e.value).startswith(
         "error: layer0.b_ih became infinite or NaN by step 2; training stopped. "
@@ -512,5 +505,5 @@ def test_a_nan_gradient_under_a_finite_loss_stops_training(tmp_path):
     with pytest.raises(
         TrainingDivergedError, match=r"loss became 3\.\d+ \(gradient norm nan\) at step 1"
     ):
-        train(config, text=TEXT, out=quiet)
+        train(config, text=TINY, out=quiet)
     assert not list(tmp_path.glob("lm_*.npz"))

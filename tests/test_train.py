@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import FAST
+from conftest import FAST, TINY, make_text, quiet
 
 from rnnc.commands import sample as sample_cmd
 from rnnc.commands import train as train_cmd
@@ -29,14 +29,6 @@ from rnnc.train import (
     sample,
     train,
 )
-
-WORDS = "the quick brown fox jumps over a lazy dog while seven wizards hex".split()
-
-
-def make_text(n: int = 200, seed: int = 0) -> str:
-    rng = np.random.default_rng(seed)
-    return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), n)) + ".\n"
-
 
 TEXT = make_text()
 
@@ -63,13 +55,6 @@ def config(tmp_path, **kw) -> TrainConfig:
         "sample_length": 20,
     }
     return TrainConfig(**{**base, **kw})
-
-
-TINY = TEXT[: 5 * 32 + 1]  # five batches of 4 x 8: four train, one validation
-
-
-def quiet(line: str) -> None:
-    pass
 
 
 # ---------------------------------------------------------------- data
