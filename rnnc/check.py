@@ -273,6 +273,14 @@ def _text(expr: ast.Expr) -> str:
     return format_expr(expr)
 
 
+def _with_argument(call: ast.Call, old: str, new: str) -> str:
+    """The source text of ``call`` with its argument's text ``old`` replaced by ``new``:
+    ``log(r + 1e-6)`` in a cell file, ``rn.log(r + 1e-6)`` in the Python DSL."""
+    text = _text(call)
+    at = text.rfind(old)
+    return text[:at] + new + text[at + len(old) :] if at >= 0 else f"{call.func}({new})"
+
+
 # ---------------------------------------------------------------- signs
 # A simple sign analysis finds `log` and `sqrt` of values that are evidently not
 # positive. The sign of a value is the set of signs it can take: "-", "+", and "0" for
@@ -403,7 +411,7 @@ class _Signs:
                 NonPositiveArgumentWarning,
                 f"`{e.func}` of `{text}`, which is 0 for some inputs: {why}",
                 value.span,
-                f"add a small constant: `{e.func}({padded} + 1e-6)`",
+                f"add a small constant: `{_with_argument(e, text, f'{padded} + 1e-6')}`",
             )
 
 

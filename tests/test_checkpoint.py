@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from rnnc.errors import CheckpointError
-from rnnc.train.checkpoint import Checkpoint, checkpoint_name, load_checkpoint, save_checkpoint
+from rnnc.train.checkpoint import (
+    Checkpoint,
+    checkpoint_name,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomic,
+)
 
 
 def make() -> Checkpoint:
@@ -112,3 +118,18 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
     with pytest.raises(CheckpointError, match=r"text\.npz"):
         load_checkpoint(tmp_path / "text.npz")
+
+
+def test_write_atomic_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / "lm_log.csv"
+    write_atomic(path, lambda f: f.write(b"step,loss\n1,2.0\n"))
+    assert path.read_bytes() == b"step,loss\n1,2.0\n"
+
+    def half_then_fail(f):
+        f.write(b"step,lo")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, half_then_fail)
+    assert path.read_bytes() == b"step,loss\n1,2.0\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["lm_log.csv"]  # no temporary left

@@ -55,7 +55,12 @@ def temporary(folder: Path, name: str = "lm_lstm_epoch1.00_2.0000.npz") -> Path:
 
 
 def test_stale_temporaries_go_and_nothing_else(tmp_path):
-    stale = [temporary(tmp_path), temporary(tmp_path, "other.npz")]
+    stale = [
+        temporary(tmp_path),
+        temporary(tmp_path, "other.npz"),
+        temporary(tmp_path, "lm_log.csv"),
+        temporary(tmp_path, "lm_loss.png"),
+    ]
     keep = [
         "lm_lstm_epoch1.00_2.0000.npz",  # a checkpoint
         ".lm_lstm_epoch1.00_2.0000.npz",  # no random part, no .tmp

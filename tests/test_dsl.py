@@ -551,6 +551,16 @@ def test_checker_warnings_point_at_this_file():
     assert (record[0].filename, record[0].lineno) == (HERE, where("# <- u", "")[0])
 
 
+def test_numerics_warning_fix_is_written_in_python():
+    with pytest.warns(RnncWarning, match="which is 0 for some inputs") as record:
+
+        @rnnc.cell(inputs={"x": "H"}, state={"h": "H"}, outputs={"y": "H"})
+        def logs(x, h):
+            return {"h": h + x}, {"y": rnnc.log(rnnc.relu(h))}
+
+    assert "fix: add a small constant: `rnnc.log(rnnc.relu(h) + 1e-6)`" in str(record[0].message)
+
+
 def test_states_shapes_and_declarations():
     with pytest.warns(RnncWarning, match="parameter `unused_bias` is declared but never"):
 

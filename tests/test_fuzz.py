@@ -222,6 +222,7 @@ def test_a_character_that_does_not_print_is_named():
             HEAD + "    state h: [I] = -1e400\n    h' = h\n    y = x\n",
             "the number 1e400 is too large: it is infinite as a float",
         ),
+        (HEAD + "    y = x * 1E-400\n", "the number 1E-400 is too small: it is 0 as a float"),
         (
             "cell a(x: [1e999]) -> (y: [I]):\n    y = x\n",
             "a dimension must be a whole number, not 1e999",
@@ -235,9 +236,9 @@ def test_a_character_that_does_not_print_is_named():
             f"the dimension {MAX_DIMENSION + 1} is too large",
         ),
     ],
-    ids=["inf", "state_init", "float_dimension", "5000_digits", "over_the_limit"],
+    ids=["inf", "state_init", "underflow", "float_dimension", "5000_digits", "over_the_limit"],
 )
-def test_numbers_too_large(text: str, message: str):
+def test_numbers_out_of_range(text: str, message: str):
     # found by fuzzing: 1e999 became inf, a dimension 1e999 raised OverflowError and one
     # of 5,000 digits ValueError (Python's limit on converting long strings to int)
     assert _error(text).message == message

@@ -172,3 +172,34 @@ def test_bad_options():
     with pytest.raises(OptionError, match="decay must be in"):
         RMSprop(decay=1.5)
     assert isinstance(make_optimizer("adagrad", lr=0.1), Adagrad)
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [SGD(lr=1.0), SGD(lr=1.0, clip_norm=1.0), Adam(lr=0.1, clip_norm=1.0), RMSprop(lr=0.1)],
+    ids=["sgd", "sgd-clip-norm", "adam-clip-norm", "rmsprop"],
+)
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_step_with_gradients_not_finite_changes_nothing(opt, bad):
+    p = pytensor.shared(P0.copy(), name="p")
+    scale = pytensor.shared(1.0, name="scale")
+    updates, norm = opt.updates({"p": p}, scale * pt.sum(C * p))
+    fn = function([], norm, FAST, updates=updates)
+    fn()  # one good step, so the slots are not zero
+    good = p.get_value().copy()
+    state = {k: v.copy() for k, v in opt.state_dict().items()}
+    scale.set_value(bad)
+    assert not np.isfinite(float(fn()))
+    np.testing.assert_array_equal(p.get_value(), good)
+    for k, v in opt.state_dict().items():
+        np.testing.assert_array_equal(v, state[k], err_msg=k)
+    scale.set_value(1.0)  # and the next good step goes on from there
+    fn()
+    assert np.isfinite(p.get_value()).all() and not np.array_equal(p.get_value(), good)
+
+
+def test_clip_value_turns_an_infinite_gradient_into_a_step():
+    p = pytensor.shared(P0.copy(), name="p")
+    updates, norm = SGD(lr=0.1, clip_value=1.0).updates({"p": p}, np.inf * pt.sum(p))
+    assert float(function([], norm, FAST, updates=updates)()) == np.inf
+    np.testing.assert_allclose(p.get_value(), P0 - 0.1)

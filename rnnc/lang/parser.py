@@ -482,6 +482,12 @@ class _ToAst(Transformer):
                 self._span(token),
                 "write a number below 1.8e308",
             )
+        if value == 0 and any(c in "123456789" for c in token.partition("e")[0].lower()):
+            raise CellSyntaxError(
+                f"the number {_clip(token)} is too small: it is 0 as a float",
+                self._span(token),
+                "write 0 if 0 is meant (the smallest float above 0 is about 4.9e-324)",
+            )
         return value
 
     @v_args(meta=True)

@@ -21,7 +21,8 @@ The temporary file is named ``.<final name>.<random>.tmp`` (for example
 ``.lm_lstm_epoch0.95_2.0681.npz.k3j9_x0a.tmp``), and its writer holds an exclusive lock
 on it (``flock``) until it has been renamed. A process killed while writing leaves that file behind, unlocked:
 :func:`remove_stale_temporaries`, which ``rnnc train`` calls when it starts in a folder,
-deletes such files of ``.npz`` checkpoints, and only those (a file another process is
+deletes such files of ``.npz`` checkpoints, ``.csv`` logs and ``.png`` loss curves
+(the trainer writes all three with :func:`write_atomic`), and only those (a file another process is
 still writing is locked, and is left alone), so repeated kills do not leak disk. Where
 ``fcntl`` does not exist (Windows) nothing is locked and nothing is removed.
 """
@@ -34,10 +35,10 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -60,9 +61,9 @@ __all__ = [
 #: The format's version, stored in the metadata.
 FORMAT = 1
 
-#: The names :func:`save_checkpoint` gives its temporary files, for ``.npz`` targets:
-#: ``.<name>.npz.<tempfile's random letters>.tmp``.
-TEMPORARY = re.compile(r"\.[^/]+\.npz\.[a-z0-9_]+\.tmp")
+#: The names :func:`write_atomic` gives its temporary files, for the kinds of file
+#: training writes: ``.<name>.npz.<tempfile's random letters>.tmp`` (or ``.csv``, ``.png``).
+TEMPORARY = re.compile(r"\.[^/]+\.(npz|csv|png)\.[a-z0-9_]+\.tmp")
 
 
 @dataclass
@@ -136,21 +137,18 @@ def _locked_temporary(folder: Path, name: str) -> tuple[int, str]:
         os.close(fd)
 
 
-def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` to ``path`` atomically; returns the path.
-
-    The data go to a temporary file in the same folder (locked while it is written, see
-    :func:`remove_stale_temporaries`), are flushed and fsynced, and the file is renamed
-    over ``path`` (then the folder is fsynced, so the rename itself survives a power
-    cut).
-    """
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file atomically: ``write(f)`` fills a temporary file in the same folder
+    (locked while it is written, see :func:`remove_stale_temporaries`), which is
+    flushed, fsynced and renamed over ``path``; then the folder is fsynced, so the
+    rename itself survives a power cut. A reader sees the old file or the new one,
+    never a part. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = _to_arrays(ckpt)
     fd, tmp = _locked_temporary(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
             if fcntl is not None:  # renamed while the lock is held
@@ -173,9 +171,15 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     return path
 
 
+def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` to ``path`` atomically (:func:`write_atomic`); returns the path."""
+    arrays = _to_arrays(ckpt)
+    return write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of ``.npz`` checkpoints whose writer died (killed in
-    the middle of :func:`save_checkpoint`); returns their paths.
+    """Delete the temporary files of checkpoints, logs and plots whose writer died
+    (killed in the middle of :func:`write_atomic`); returns their paths.
 
     Only names of :data:`TEMPORARY`'s form are looked at, and of those only the files
     no process holds locked: a live writer's file stays. Without ``fcntl`` (Windows), or

@@ -97,6 +97,12 @@ class Optimizer:
 
         ``params`` maps names to shared variables; pass the scalar ``loss`` (its
         gradients are taken) or ``grads`` (a list in the order of ``params``).
+
+        A step whose gradients are not all finite (after ``clip_value``, which turns
+        an infinite element into ``±clip_value``) leaves the parameters, the slots and
+        the step count as they were; the returned norm is then inf or NaN, so the caller
+        sees it. (Without this, clipping by norm would scale an infinite gradient by 0
+        and write NaN into every parameter.)
         """
         names = list(params)
         if grads is None:
@@ -104,16 +110,13 @@ class Optimizer:
                 raise OptionError("pass the loss or the gradients")
             grads = pytensor.grad(loss, [params[n] for n in names])
         grads = list(grads)
-        norm = _global_norm(grads)
+        norm = used = _global_norm(grads)
         if self.clip_value is not None:
             c = self.clip_value
             grads = [pt.clip(g, -np.asarray(c, g.dtype), np.asarray(c, g.dtype)) for g in grads]
+            used = _global_norm(grads)
         if self.clip_norm is not None:
-            if self.clip_value is not None:
-                clipped = _global_norm(grads)
-            else:
-                clipped = norm
-            scale = pt.minimum(1.0, self.clip_norm / pt.maximum(clipped, 1e-12))
+            scale = pt.minimum(1.0, self.clip_norm / pt.maximum(used, 1e-12))
             grads = [g * pt.cast(scale, g.dtype) for g in grads]
         t = self.t + 1
         updates: list[tuple[Any, Any]] = [(self.t, t)]
@@ -134,7 +137,9 @@ class Optimizer:
             new_p, new_slots = self.rule(p, g, lr, slots, t)
             updates.append((p, pt.cast(new_p, p.dtype)))
             updates += [(slots[s], pt.cast(v, p.dtype)) for s, v in new_slots.items()]
-        return updates, norm
+        # A step whose gradients are not finite (after clip_value) changes nothing.
+        finite = pt.isfinite(used)
+        return [(var, pt.switch(finite, new, var)) for var, new in updates], norm
 
     def rule(
         self, p: Any, g: Any, lr: Any, slots: dict[str, Any], t: Any

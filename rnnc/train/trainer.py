@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -47,6 +48,7 @@ from rnnc.train.checkpoint import (
     load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
+    write_atomic,
 )
 from rnnc.train.data import CharData, Vocabulary, default_corpus, load_text
 from rnnc.train.model import CompiledModel, LanguageModel, State, training_backend
@@ -206,7 +208,7 @@ def _plot(csv_path: Path, png: Path) -> None:
     ax.set_ylabel("loss (nats/char)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    write_atomic(png, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -342,10 +344,11 @@ class _Run:
         if self.csv.exists():  # drop what a run from a later point logged
             with open(self.csv, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-            with open(self.csv, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=self.COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+            write_atomic(self.csv, lambda f: f.write(text.getvalue().encode()))
 
     def _checkpoint(self, val_loss: float) -> Path:
         epoch = self.step / self.data.n_train
