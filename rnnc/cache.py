@@ -22,7 +22,8 @@ BLAS: PyTensor's C backend links a BLAS through ``pytensor.config.blas__ldflags`
 A pip install finds none on Debian/Ubuntu even with ``libopenblas-dev`` installed
 (PyTensor looks for ``libcblas``, or for ``libgfortran.so``/``libgomp.so`` next to
 OpenBLAS). :func:`configure_blas` sets ``-lopenblas`` when the library is there and
-the user has not chosen flags.
+the user has not chosen flags. :func:`configure_c` also drops the debug information
+PyTensor asks of the C compiler (a fifth of a cold compile).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "clear",
     "configure",
     "configure_blas",
+    "configure_c",
     "configure_jax",
     "find_openblas",
     "key_digest",
@@ -107,6 +109,24 @@ def configure_blas() -> str:
     if user_blas_flags() is None and find_openblas() is not None:
         pytensor.config.blas__ldflags = "-lopenblas"
     return pytensor.config.blas__ldflags
+
+
+def configure_c() -> None:
+    """Set up PyTensor's C backend: BLAS (:func:`configure_blas`), and C modules built
+    without debug information (``-g0`` added to ``pytensor.config.gcc__cxxflags``,
+    unless the user's flags already choose a ``-g`` level).
+
+    PyTensor always passes ``-g`` to the compiler; the debug information costs a fifth
+    of a cold compile (an LSTM gradient: 48 modules, 20.0 s with it, 15.8 s without)
+    and nothing at run time (the same code, bitwise equal results). Only someone who
+    debugs PyTensor's C code in gdb needs it: they set ``gcc__cxxflags=-g``.
+    """
+    import pytensor
+
+    configure_blas()
+    flags = pytensor.config.gcc__cxxflags
+    if not any(f.startswith("-g") for f in flags.split()):
+        pytensor.config.gcc__cxxflags = f"{flags} -g0".strip()
 
 
 # ---------------------------------------------------------------- JAX
@@ -180,7 +200,7 @@ def configure(backend: str) -> None:
         return
     _configured.add(backend)
     if backend == "c":
-        configure_blas()
+        configure_c()
     elif backend == "jax":
         configure_jax()
         patch_jax_sum()
@@ -193,7 +213,9 @@ def _versions() -> dict[str, str]:
 
     import rnnc
 
-    configure_blas()  # else reading the flags makes PyTensor probe for a BLAS (0.24 s)
+    # Before reading the flags (else PyTensor probes for a BLAS: 0.24 s), and so that a
+    # function loaded here links the C modules its maker compiled (same compiler flags).
+    configure_c()
 
     return {
         "rnnc": rnnc.__version__,

@@ -128,6 +128,50 @@ def test_a_cached_function_updates_the_callers_shared_variables(tmp_path, monkey
     assert count.get_value() == 1.0  # the first variable is not touched
 
 
+LOAD_AND_COUNT_COMPILES = """
+import sys
+import numpy as np
+import pytensor
+from pytensor.link.c.basic import CLinker
+import rnnc
+from rnnc import cache
+
+compiled = []
+original = CLinker.compile_cmodule
+CLinker.compile_cmodule = lambda self, *a: compiled.append(1) or original(self, *a)
+layer = rnnc.Recurrent("rnn", I=3, H=5, dtype="float64")
+fn = cache.cached_function({"test": "c-load"}, lambda: sys.exit("missed"), layer.params)
+fn(np.ones((2, 4, 3)))
+print(len(compiled), "-g0" in pytensor.config.gcc__cxxflags.split())
+"""
+
+
+def test_a_c_function_loaded_in_a_new_process_compiles_nothing(tmp_path, monkeypatch):
+    # the loading process must set the C compiler's flags as the compiling one did
+    # (rnnc adds -g0), else PyTensor's keys differ and every module is built again
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    layer = rnnc.Recurrent("rnn", I=3, H=5, dtype="float64")
+    x = pt.tensor3("x", dtype="float64")
+    y = layer(x).outputs["y"]
+    cache.cached_function({"test": "c-load"}, lambda: function([x], y, "c"), layer.params)
+    assert "-g0" in pytensor.config.gcc__cxxflags.split()
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_COUNT_COMPILES], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "True"]
+
+
+def test_configure_c_keeps_a_debug_level_the_user_chose():
+    for flags, expected in (("-O2", "-O2 -g0"), ("", "-g0"), ("-O2 -g", "-O2 -g"), ("-g3", "-g3")):
+        with pytensor.config.change_flags(gcc__cxxflags=flags):
+            cache.configure_c()
+            assert pytensor.config.gcc__cxxflags == expected
+
+
 def test_key_digest_depends_on_every_part():
     assert cache.key_digest({"a": 1}) == cache.key_digest({"a": 1})
     assert cache.key_digest({"a": 1}) != cache.key_digest({"a": 2})
