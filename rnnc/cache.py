@@ -295,6 +295,10 @@ class _Loader(pickle.Unpickler):
             if mine is not None and mine.type.in_same_class(var.type):
                 container = mine.container
             storage.append(container)
+        # set up its backend as rnnc.compile.function did where it was made (else JAX's
+        # persistent cache is off here, and the first call compiles XLA anew: 1 s)
+        linker = type(maker.linker).__name__
+        configure({"JAXLinker": "jax", "NumbaLinker": "numba"}.get(linker, "c"))
         fn = maker.create(storage)
         fn.trust_input = trust_input
         return fn

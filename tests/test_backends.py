@@ -128,7 +128,7 @@ def test_a_cached_function_updates_the_callers_shared_variables(tmp_path, monkey
     assert count.get_value() == 1.0  # the first variable is not touched
 
 
-LOAD_AND_COUNT_COMPILES = """
+LOAD_IN_A_NEW_PROCESS = """
 import sys
 import numpy as np
 import pytensor
@@ -140,29 +140,41 @@ compiled = []
 original = CLinker.compile_cmodule
 CLinker.compile_cmodule = lambda self, *a: compiled.append(1) or original(self, *a)
 layer = rnnc.Recurrent("rnn", I=3, H=5, dtype="float64")
-fn = cache.cached_function({"test": "c-load"}, lambda: sys.exit("missed"), layer.params)
+fn = cache.cached_function({"test": sys.argv[1]}, lambda: sys.exit("missed"), layer.params)
 fn(np.ones((2, 4, 3)))
 print(len(compiled), "-g0" in pytensor.config.gcc__cxxflags.split())
+if sys.argv[1] == "jax":
+    import jax
+    print(jax.config.jax_compilation_cache_dir)
 """
 
 
-def test_a_c_function_loaded_in_a_new_process_compiles_nothing(tmp_path, monkeypatch):
-    # the loading process must set the C compiler's flags as the compiling one did
-    # (rnnc adds -g0), else PyTensor's keys differ and every module is built again
+@pytest.mark.parametrize("backend", ["c", "jax"])
+def test_a_function_loaded_in_a_new_process_is_set_up_like_its_backend(
+    backend, tmp_path, monkeypatch
+):
+    # The loading process must set up the backend as rnnc.compile.function did: for C
+    # the compiler's flags (rnnc adds -g0; else PyTensor's keys differ and every module
+    # is built again), for JAX the persistent cache (else XLA compiles again)
     import subprocess
     import sys
 
+    if not _available(backend):
+        pytest.skip(f"{backend} is not installed")
     monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
     layer = rnnc.Recurrent("rnn", I=3, H=5, dtype="float64")
-    x = pt.tensor3("x", dtype="float64")
+    x = pt.tensor("x", dtype="float64", shape=(2, 4, 3))
     y = layer(x).outputs["y"]
-    cache.cached_function({"test": "c-load"}, lambda: function([x], y, "c"), layer.params)
-    assert "-g0" in pytensor.config.gcc__cxxflags.split()
+    cache.cached_function({"test": backend}, lambda: function([x], y, backend), layer.params)
     out = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_COUNT_COMPILES], capture_output=True, text=True, check=False
+        [sys.executable, "-c", LOAD_IN_A_NEW_PROCESS, backend],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["0", "True"]
+    expected = ["0", "True"] + ([str(tmp_path / "jax")] if backend == "jax" else [])
+    assert out.stdout.split() == expected
 
 
 def test_configure_c_keeps_a_debug_level_the_user_chose():
