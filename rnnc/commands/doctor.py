@@ -31,6 +31,33 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _openblas_kernels(path: Any) -> tuple[str, str, str | None]:
+    """The kernels the system OpenBLAS runs here (``openblas_get_corename``): a
+    ``DYNAMIC_ARCH`` build picks them by CPU unless ``OPENBLAS_CORETYPE`` forces some
+    (docs/backends.md: what that costs)."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(str(path))
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        lib.openblas_get_config.restype = ctypes.c_char_p
+        core = lib.openblas_get_corename().decode()
+        config = lib.openblas_get_config().decode().split()
+    except (OSError, AttributeError):
+        return ("OpenBLAS kernels", "unknown (cannot ask the library)", None)
+    version = " ".join(config[:2])
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced:
+        return (
+            "OpenBLAS kernels",
+            f"{core} ({version}; forced by OPENBLAS_CORETYPE={forced})",
+            "OPENBLAS_CORETYPE was set in your environment; keep it if it was set because "
+            "this OpenBLAS computes wrong results on this CPU, else unset it to let "
+            "OpenBLAS pick the kernels of this CPU",
+        )
+    return ("OpenBLAS kernels", f"{core} ({version}, chosen for this CPU)", None)
+
+
 def diagnose() -> list[tuple[str, str, str | None]]:
     """``(what, finding, advice or None)`` rows."""
     import numpy
@@ -71,6 +98,8 @@ def diagnose() -> list[tuple[str, str, str | None]]:
             )
         )
     rows.append(("system OpenBLAS", str(openblas) if openblas else "not found", None))
+    if openblas and "openblas" in flags:
+        rows.append(_openblas_kernels(openblas))
     numba = _version("numba")
     rows.append(
         (
