@@ -28,6 +28,7 @@ PyTensor asks of the C compiler (a fifth of a cold compile).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -207,6 +208,20 @@ def configure(backend: str) -> None:
 
 
 # ---------------------------------------------------------------- rnnc's own cache
+@functools.cache
+def _source_digest() -> str:
+    """A digest of rnnc's own code (its modules and cell files): a function compiled by
+    other code, the same version number notwithstanding (a checkout being edited), is
+    never loaded."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".cell", ".lark") and path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _versions() -> dict[str, str]:
     import numpy
     import pytensor
@@ -219,6 +234,7 @@ def _versions() -> dict[str, str]:
 
     return {
         "rnnc": rnnc.__version__,
+        "rnnc source": _source_digest(),
         "pytensor": pytensor.__version__,
         "numpy": numpy.__version__,
         "python": sys.version.split()[0],
@@ -236,6 +252,8 @@ def cached_function(
     parts: Mapping[str, Any],
     build: Callable[[], Any],
     shared: Mapping[str, Any] | None = None,
+    *,
+    complete: bool = False,
 ) -> Any:
     """A compiled function from rnnc's cache, or ``build()`` (then stored).
 
@@ -243,8 +261,10 @@ def cached_function(
     dtype, backend, options, the kind of call). ``shared`` maps names to the shared
     variables the caller owns: a function loaded from disk reads and updates them (by
     name) instead of the copies it was pickled with, so training updates reach the
-    caller; shared variables not named there keep the values they were pickled with.
-    Build the graph inside ``build`` so that a hit skips it too.
+    caller; shared variables not named there keep the values they were pickled with,
+    unless ``complete=True``: then such a function is built again. Build the graph
+    inside ``build`` so that a hit skips it too. ``build`` may also return a tuple
+    holding compiled functions and other values (names, say), stored together.
     """
     if not enabled():
         return build()
@@ -252,8 +272,8 @@ def cached_function(
     if path.exists():
         try:
             with path.open("rb") as f:
-                return _Loader(f, shared or {}).load()
-        except Exception:  # a stale or broken entry: rebuild it
+                return _Loader(f, shared or {}, complete).load()
+        except Exception:  # a stale, broken or incomplete entry: build it again
             path.unlink(missing_ok=True)
     fn = build()
     try:
@@ -274,9 +294,10 @@ class _Loader(pickle.Unpickler):
     function is made, once. (``Function.copy(swap=...)`` after loading would make the
     function a second time: 0.4 s of a 1.6 s load for an LSTM gradient on C.)"""
 
-    def __init__(self, file: Any, shared: Mapping[str, Any]) -> None:
+    def __init__(self, file: Any, shared: Mapping[str, Any], complete: bool = False) -> None:
         super().__init__(file)
         self.shared = {v.name: v for v in shared.values()}
+        self.complete = complete
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("pytensor.compile.executor", "_constructor_Function"):
@@ -294,6 +315,8 @@ class _Loader(pickle.Unpickler):
             mine = self.shared.get(var.name) if isinstance(var, SharedVariable) else None
             if mine is not None and mine.type.in_same_class(var.type):
                 container = mine.container
+            elif self.complete and isinstance(var, SharedVariable):
+                raise LookupError(f"the caller has no shared variable {var.name!r}")
             storage.append(container)
         # set up its backend as rnnc.compile.function did where it was made (else JAX's
         # persistent cache is off here, and the first call compiles XLA anew: 1 s)

@@ -32,7 +32,7 @@ import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 from pytensor.tensor.variable import TensorVariable
 
-from rnnc import ir, passes
+from rnnc import cache, ir, passes
 from rnnc.compile import check_backend, default_backend, function, load_cell
 from rnnc.errors import (
     InputDtypeError,
@@ -43,6 +43,7 @@ from rnnc.errors import (
     UnknownDimensionError,
 )
 from rnnc.init import initialize
+from rnnc.ir_format import format_ir
 from rnnc.lower import scan_cell
 
 __all__ = [
@@ -216,6 +217,12 @@ class SequenceLayer:
     def _check_stateful(self) -> None:
         """Raise if the layer cannot carry its state from one call to the next."""
 
+    def _cache_parts(self) -> dict[str, Any] | None:
+        """Everything the functions this layer compiles depend on, besides the values
+        of its parameters: the key of :meth:`run`'s functions in rnnc's cache. None
+        (a layer class rnnc does not know, a subclass): never cached."""
+        return None
+
     # ---------------------------------------------------------------- symbolic
     def __call__(
         self,
@@ -379,7 +386,7 @@ class SequenceLayer:
             shapes,
         )
         if key not in self._compiled:
-            self._compiled[key] = self._compile_run(*key)
+            self._compiled[key] = self._cached_run(key)
         fn, out_names, state_paths = self._compiled[key]
         values = fn(*args)
         k = len(out_names)
@@ -390,6 +397,20 @@ class SequenceLayer:
 
     def _backend(self) -> str:
         return self.backend or default_backend()
+
+    def _cached_run(self, key: tuple) -> tuple[Any, list[str], list[Path]]:
+        """:meth:`_compile_run` through rnnc's cache (:func:`rnnc.cache.cached_function`)
+        when the layer says what its functions depend on and its parameters' names
+        are distinct (a loaded function finds the layer's parameters by name)."""
+        parts = self._cache_parts()
+        names = [v.name for v in self.params.values()]
+        backend = self._backend()
+        if parts is None or len(set(names)) < len(names) or backend == "python":
+            return self._compile_run(*key)
+        parts = {"layer": parts, "run": repr(key), "backend": backend}
+        return cache.cached_function(
+            parts, lambda: self._compile_run(*key), self.params, complete=True
+        )
 
     def _compile_run(
         self,
@@ -865,6 +886,25 @@ class Recurrent(SequenceLayer):
         cell = cell.transform(lambda root: ir.rebuild(root, drop, memo))
         return cell.replace(params={k: v for k, v in cell.params.items() if k not in biases})
 
+    def _cache_parts(self) -> dict[str, Any] | None:
+        if type(self) is not Recurrent:
+            return None
+        inner = self.inner._cache_parts() if self.inner is not None else None
+        if self.inner is not None and inner is None:
+            return None
+        cell = self.cell
+        return {
+            "class": "Recurrent",
+            "cell": format_ir(cell),
+            "ports": repr((cell.name, cell.inputs, cell.states, cell.params)),
+            "sizes": self.sizes,
+            "dtype": self.dtype,
+            "optimize": repr(self.optimize),
+            "checkpoint": self.checkpoint,
+            "inner": inner,
+            "params": {k: [v.name, v.type.shape] for k, v in self.params.items()},
+        }
+
     def _single(self, sizes: Mapping[str, int], seed: int, name: str) -> Recurrent:
         """A one-layer, one-direction layer of the same cell and options."""
         return Recurrent(
@@ -1129,6 +1169,12 @@ class Bidirectional(SequenceLayer):
         self.params |= {f"backward.{k}": v for k, v in backward.params.items()}
         self._compiled: dict[Any, Any] = {}
 
+    def _cache_parts(self) -> dict[str, Any] | None:
+        f, b = self.forward._cache_parts(), self.backward._cache_parts()
+        if type(self) is not Bidirectional or f is None or b is None:
+            return None
+        return {"class": "Bidirectional", "forward": f, "backward": b, "merge": self.merge}
+
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return self.forward.input_shapes
@@ -1269,6 +1315,12 @@ class Stack(SequenceLayer):
         }
         self._compiled: dict[Any, Any] = {}
         self._graphs = 0  # training graphs built: each draws from its own generator
+
+    def _cache_parts(self) -> dict[str, Any] | None:
+        layers = [layer._cache_parts() for layer in self.layers]
+        if type(self) is not Stack or None in layers:
+            return None
+        return {"class": "Stack", "layers": layers, "dropout": self.dropout}
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:

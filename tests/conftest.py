@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REFERENCE = Path(__file__).parent / "reference"
+
+# rnnc's cache (compiled functions, the analysed grammar) of a test session lives in a
+# folder of its own, removed at the end: tests neither read nor fill the user's.
+if "RNNC_CACHE_DIR" not in os.environ:
+    os.environ["RNNC_CACHE_DIR"] = tempfile.mkdtemp(prefix="rnnc-tests-")
+    atexit.register(shutil.rmtree, os.environ["RNNC_CACHE_DIR"], ignore_errors=True)
 
 #: Most tests compile with PyTensor's FAST_COMPILE mode ("python"): quick to build,
 #: fine for small shapes. Tests about a backend name it explicitly.

@@ -82,6 +82,65 @@ def test_run_on_jax_compiles_one_function_per_shape(data):
     assert len(layer._compiled) == 2  # the third call reused the first's function
 
 
+def _forbid_compiling(layer, monkeypatch):
+    def fail(*args):
+        raise AssertionError("compiled, though rnnc's cache holds the function")
+
+    monkeypatch.setattr(layer, "_compile_run", fail)
+
+
+def test_run_keeps_its_functions_in_rnnc_cache(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    entries = lambda: len(list((tmp_path / "functions").glob("*.pkl")))  # noqa: E731
+    first = rnnc.Recurrent("gru", I=IN, H=H, dtype="float64", backend="c", seed=1)
+    first.run(data, mask=MASK)
+    assert entries() == 1
+    # another layer of the same kind (a new process would make it): loaded, with its
+    # own parameters
+    again = rnnc.Recurrent("gru", I=IN, H=H, dtype="float64", backend="c", seed=2)
+    _forbid_compiling(again, monkeypatch)
+    got = again.run(data, mask=MASK)
+    params = {k: v.get_value() for k, v in again.params.items()}
+    want, final = run(again.cell, params, {"x": data}, mask=MASK)
+    np.testing.assert_allclose(got.outputs["y"], want["y"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.state["h"], final["h"], rtol=1e-9, atol=1e-12)
+    assert entries() == 1
+    # what changes the function is a new entry: the kind of call, an option, the cell
+    first.run(data)
+    rnnc.Recurrent("gru", I=IN, H=H, dtype="float64", backend="c", optimize=False).run(data)
+    rnnc.Recurrent("gru", I=IN, H=H + 1, dtype="float64", backend="c").run(data)
+    rnnc.Recurrent("gru", I=IN, H=H, dtype="float64", backend="c", bias=False).run(data)
+    assert entries() == 5
+
+
+def test_run_of_stacks_through_the_cache(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+
+    def make(seed, name="a"):
+        return rnnc.Stack(
+            [
+                rnnc.Recurrent("lstm", I=IN, H=H, dtype="float64", backend="c", name=name),
+                rnnc.Bidirectional(
+                    rnnc.Recurrent("rnn", I=H, H=2, dtype="float64", backend="c", seed=seed)
+                ),
+            ]
+        )
+
+    make(1).run(data)
+    stack = make(2)
+    _forbid_compiling(stack, monkeypatch)
+    got = stack.run(data)
+    want = make(2)  # the same parameters, compiled with the cache off
+    monkeypatch.setenv("RNNC_CACHE", "0")
+    np.testing.assert_allclose(got.outputs["y"], want.run(data).outputs["y"], rtol=1e-12)
+    # two layers whose parameters have the same names: never cached (a loaded
+    # function finds parameters by name)
+    twins = rnnc.Stack([rnnc.Recurrent("rnn", I=IN, H=IN, backend="c") for _ in range(2)])
+    monkeypatch.setenv("RNNC_CACHE", "1")
+    twins.run(data.astype("float32"))
+    assert len(list((tmp_path / "functions").glob("*.pkl"))) == 1  # the first stack's
+
+
 def test_jax_rejects_truncated_gradient():
     if not _available("jax"):
         pytest.skip("jax is not installed")
