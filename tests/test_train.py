@@ -308,3 +308,29 @@ def test_commands_use_one_blas_thread_unless_told(monkeypatch):
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")
     train_cmd.one_blas_thread()
     assert "OPENBLAS_NUM_THREADS" not in os.environ  # the user's choice stands
+
+
+def test_evaluation_and_sampling_functions_come_from_rnnc_cache(tmp_path, monkeypatch):
+    from rnnc.train import LanguageModel
+    from rnnc.train import model as model_module
+
+    def model(seed=123):
+        return LanguageModel("rnn", 7, rnn_size=4, num_layers=1, dtype="float64", seed=seed)
+
+    def results(compiled, m):
+        x = np.arange(12, dtype="int32").reshape(2, 6) % 7
+        loss, _ = compiled.evaluate(x, x[:, ::-1], m.zero_state(2))
+        logits, _ = compiled.step(np.array([3]), m.zero_state(1))
+        return loss, logits
+
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    model().compile(None, "c", ("eval", "step"))
+    assert len(list((tmp_path / "functions").glob("*.pkl"))) == 2
+    other = model(seed=5)  # other parameters
+    want = results(other.compile(None, FAST, ("eval", "step")), other)
+    original = model_module.function
+    monkeypatch.setattr(model_module, "function", lambda *a, **k: pytest.fail("compiled"))
+    loaded = other.compile(None, "c", ("eval", "step"))
+    monkeypatch.setattr(model_module, "function", original)
+    for got, expected in zip(results(loaded, other), want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-10)

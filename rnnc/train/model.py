@@ -22,7 +22,7 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.compile import SharedVariable
 
-from rnnc import ir
+from rnnc import cache, ir
 from rnnc.compile import default_backend, function, load_cell, parse
 from rnnc.errors import CheckpointError, OptionError
 from rnnc.layers import Recurrent
@@ -160,6 +160,22 @@ class LanguageModel:
             "seed": self.seed,
         }
 
+    def _cache_parts(self) -> dict[str, Any] | None:
+        """What the model's functions depend on besides its parameters' values (the key
+        in rnnc's cache; None: not cached)."""
+        layers = [layer._cache_parts() for layer in self.layers]
+        if None in layers:
+            return None
+        return {
+            "class": "LanguageModel",
+            "layers": layers,
+            "vocab_size": self.vocab_size,
+            "embedding": self.embedding_size,
+            "output": self.output_name,
+            "dtype": self.dtype,
+            "params": {k: [v.name, v.type.shape] for k, v in self.params.items()},
+        }
+
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> LanguageModel:
         """The model :meth:`options` describes (with freshly initialised parameters)."""
@@ -274,8 +290,20 @@ class LanguageModel:
 
         ``batch_shape`` (batch, time) fixes the shapes of training and evaluation
         batches, as the JAX backend needs; without it any shape goes (other backends).
+
+        The evaluation and sampling functions are kept in rnnc's cache (not on the
+        ``"python"`` backend), so ``rnnc sample`` starts without compiling. The training
+        step is always compiled: it also depends on the optimiser's slots.
         """
         backend = backend or training_backend()
+        key = self._cache_parts()
+
+        def cached(part: str, build: Any) -> Any:
+            if key is None or backend == "python":
+                return build()
+            parts = {"model": key, "part": part, "batch": batch_shape, "backend": backend}
+            return cache.cached_function(parts, build, self.params, complete=True)
+
         names = list(self.cell.states)
         flat = lambda st: [s[n] for s in st for n in names]  # noqa: E731
         batch, time = batch_shape or (None, None)
@@ -296,15 +324,23 @@ class LanguageModel:
             inputs = [x, y, *flat(s0), *(masks if self.dropout.p else [])]
             train = function(inputs, [loss, norm, *flat(finals)], backend, updates=updates)
         if "eval" in parts:
-            s0 = self._state_vars(batch)
-            logits, finals = self.forward(x, s0)
-            loss = sequence_cross_entropy(logits, y)
-            evaluate = function([x, y, *flat(s0)], [loss, *flat(finals)], backend)
+
+            def build_eval() -> Any:
+                s0 = self._state_vars(batch)
+                logits, finals = self.forward(x, s0)
+                loss = sequence_cross_entropy(logits, y)
+                return function([x, y, *flat(s0)], [loss, *flat(finals)], backend)
+
+            evaluate = cached("eval", build_eval)
         if "step" in parts:
-            s0 = self._state_vars(1)
-            token = pt.tensor("token", dtype="int32", shape=(1,))
-            logits, finals = self.forward(token[:, None], s0)
-            step = function([token, *flat(s0)], [logits[:, 0, :], *flat(finals)], backend)
+
+            def build_step() -> Any:
+                s0 = self._state_vars(1)
+                token = pt.tensor("token", dtype="int32", shape=(1,))
+                logits, finals = self.forward(token[:, None], s0)
+                return function([token, *flat(s0)], [logits[:, 0, :], *flat(finals)], backend)
+
+            step = cached("step", build_step)
         return CompiledModel(self, names, train, evaluate, step)
 
 
