@@ -388,7 +388,7 @@ class SequenceLayer:
         if key not in self._compiled:
             self._compiled[key] = self._cached_run(key)
         fn, out_names, state_paths = self._compiled[key]
-        values = fn(*args)
+        values = [np.asarray(v) for v in fn(*args)]  # JAX gives its own arrays
         k = len(out_names)
         state = _nest(self.state_shapes, dict(zip(state_paths, values[k:], strict=True)))
         if stateful:

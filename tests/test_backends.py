@@ -76,6 +76,7 @@ def test_run_on_jax_compiles_one_function_per_shape(data):
     params = {k: v.get_value() for k, v in layer.params.items()}
     for x, mask in [(data, MASK), (data[:1, :3], None), (data, MASK)]:
         got = layer.run(x, mask=mask)
+        assert all(type(v) is np.ndarray for v in [*got.outputs.values(), *got.state.values()])
         want, final = run(layer.cell, params, {"x": x}, mask=mask)
         np.testing.assert_allclose(got.outputs["y"], want["y"], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(got.state["c"], final["c"], rtol=1e-9, atol=1e-12)
