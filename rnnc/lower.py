@@ -13,6 +13,7 @@ on a padded step (mask 0) every state keeps its value and every output is 0.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -111,6 +112,7 @@ def lower_nodes(
     """
     values: dict[ir.Node, TensorVariable] = {}
     batch = None
+    partitions = _partitions(roots)
     for node in ir.walk(roots):
         if node in values:
             continue
@@ -151,6 +153,14 @@ def lower_nodes(
             out = pt.concatenate(args, axis=-1)
         elif node.op == "layer_norm":
             out = _layer_norm(args[0], dtype)
+        elif node.op == "slice" and _splits(args[0], partitions.get(node.args[0])):
+            # the slices that cut one value into pieces: one Split (its gradient one
+            # Join), not a Subtensor per piece and an IncSubtensor per piece's gradient
+            pieces = partitions[node.args[0]]
+            sizes = [n.value[1] - n.value[0] for n in pieces]
+            parts = pt.split(args[0], sizes, n_splits=len(sizes), axis=args[0].ndim - 1)
+            values.update(zip(pieces, parts, strict=True))
+            out = values[node]
         elif node.op == "slice":
             start, stop = node.value
             out = args[0][..., start:stop]
@@ -160,6 +170,31 @@ def lower_nodes(
             raise TypeError(f"rnnc lowering produced {out.dtype} for {node!r}; expected {dtype}")
         values[node] = out
     return [values[r] for r in roots]
+
+
+def _partitions(roots: list[ir.Node]) -> dict[ir.Node, list[ir.Node]]:
+    """The values whose slices (two or more) are consecutive pieces from 0, with those
+    slices in order: what the fuse pass leaves of a fused product."""
+    slices: dict[ir.Node, set[ir.Node]] = {}
+    for node in ir.walk(roots):
+        if node.op == "slice":
+            slices.setdefault(node.args[0], set()).add(node)
+    out = {}
+    for whole, nodes in slices.items():
+        pieces = sorted(nodes, key=lambda n: tuple(n.value))
+        if (
+            len(pieces) > 1
+            and pieces[0].value[0] == 0
+            and all(a.value[1] == b.value[0] for a, b in itertools.pairwise(pieces))
+        ):
+            out[whole] = pieces
+    return out
+
+
+def _splits(whole: TensorVariable, pieces: list[ir.Node] | None) -> bool:
+    """Whether ``pieces`` (slices of ``whole``) cover all of it: its last axis has a
+    static length, which the last piece ends at."""
+    return bool(pieces) and whole.type.shape[-1] == pieces[-1].value[1]
 
 
 def _loop_invariants(cell: ir.CellIR) -> tuple[ir.CellIR, dict[str, ir.Node]]:

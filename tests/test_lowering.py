@@ -150,3 +150,24 @@ def test_reference_takes_sizes_seen_in_states_alone():
     ).values()
     _, state = reference.run(cell, {}, {"x": np.zeros((2, 3, 1))}, sizes={"H": 4})
     np.testing.assert_allclose(state["h"], np.tanh(np.tanh(np.tanh(np.full((2, 4), 0.5)))))
+
+
+def test_the_gates_of_a_fused_product_are_one_split():
+    """The fuse pass's slices of one product are lowered as one Split (and their
+    gradient one Join), not a Subtensor and an IncSubtensor per gate: fewer kinds of
+    C module to compile (LSTM gradient, cold: 48 -> 38 modules, 15.8 -> 12.4 s)."""
+    from pytensor.graph.traversal import ancestors
+    from pytensor.scan.op import Scan
+    from pytensor.tensor.basic import Split
+    from pytensor.tensor.subtensor import IncSubtensor, Subtensor
+
+    layer = rnnc.Recurrent("lstm", I=4, H=3, dtype="float64")
+    x = pt.tensor3("x", dtype="float64")
+    y = layer(x).outputs["y"]
+    (scan,) = {v.owner.op for v in ancestors([y]) if v.owner and isinstance(v.owner.op, Scan)}
+    inner = {type(v.owner.op) for v in ancestors(scan.inner_outputs) if v.owner}
+    assert Split in inner and Subtensor not in inner
+    grads = pytensor.grad((y**2).sum(), list(layer.params.values()))
+    ops = [v.owner.op for v in ancestors(grads) if v.owner and isinstance(v.owner.op, Scan)]
+    backward = {type(v.owner.op) for op in ops for v in ancestors(op.inner_outputs) if v.owner}
+    assert IncSubtensor not in backward
