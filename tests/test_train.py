@@ -334,3 +334,35 @@ def test_evaluation_and_sampling_functions_come_from_rnnc_cache(tmp_path, monkey
     monkeypatch.setattr(model_module, "function", original)
     for got, expected in zip(results(loaded, other), want, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_a_training_step_from_rnnc_cache_trains_like_a_compiled_one(tmp_path, monkeypatch):
+    from rnnc.train import LanguageModel
+    from rnnc.train import model as model_module
+    from rnnc.train.optim import Adam
+
+    x = np.arange(12, dtype="int32").reshape(2, 6) % 7
+
+    def three_steps(cache: str):
+        monkeypatch.setenv("RNNC_CACHE", cache)
+        model = LanguageModel("rnn", 7, rnn_size=4, num_layers=1, dtype="float64")
+        optimizer = Adam(lr=0.05, clip_norm=1.0)
+        compiled = model.compile(optimizer, "c", ("train",))
+        state, losses = model.zero_state(2), []
+        for _ in range(3):
+            loss, _, state = compiled.train(x, x[:, ::-1], state)
+            losses.append(loss)
+        return losses, model.get_params(), optimizer.state_dict()
+
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    want = three_steps("0")
+    three_steps("1")  # fills the cache
+    original = model_module.function
+    monkeypatch.setattr(model_module, "function", lambda *a, **k: pytest.fail("compiled"))
+    got = three_steps("1")
+    monkeypatch.setattr(model_module, "function", original)
+    np.testing.assert_array_equal(got[0], want[0])
+    for mine, theirs in zip(got[1:], want[1:], strict=True):  # parameters, slots, t, lr
+        assert mine.keys() == theirs.keys()
+        for k in mine:
+            np.testing.assert_array_equal(mine[k], theirs[k], err_msg=k)

@@ -291,18 +291,21 @@ class LanguageModel:
         ``batch_shape`` (batch, time) fixes the shapes of training and evaluation
         batches, as the JAX backend needs; without it any shape goes (other backends).
 
-        The evaluation and sampling functions are kept in rnnc's cache (not on the
-        ``"python"`` backend), so ``rnnc sample`` starts without compiling. The training
-        step is always compiled: it also depends on the optimiser's slots.
+        The functions are kept in rnnc's cache (not on the ``"python"`` backend), keyed
+        by the model's layers, the optimiser's kind and options (not the learning rate,
+        a shared variable), the batch shape and the backend: a second ``rnnc train`` or
+        ``rnnc sample`` of the same model does not compile. A loaded training step
+        updates this model's parameters and ``optimizer``'s slots, found by name.
         """
         backend = backend or training_backend()
         key = self._cache_parts()
 
-        def cached(part: str, build: Any) -> Any:
-            if key is None or backend == "python":
+        def cached(part: str, build: Any, shared: dict[str, Any], **more: Any) -> Any:
+            names = [v.name for v in shared.values()]
+            if key is None or backend == "python" or len(set(names)) < len(names):
                 return build()
             parts = {"model": key, "part": part, "batch": batch_shape, "backend": backend}
-            return cache.cached_function(parts, build, self.params, complete=True)
+            return cache.cached_function({**parts, **more}, build, shared, complete=True)
 
         names = list(self.cell.states)
         flat = lambda st: [s[n] for s in st for n in names]  # noqa: E731
@@ -313,16 +316,33 @@ class LanguageModel:
         if "train" in parts:
             if optimizer is None:
                 raise OptionError("compiling the training step needs an optimizer")
-            s0 = self._state_vars(batch)
-            masks = [
-                pt.tensor(f"keep{k}", dtype=self.dtype, shape=(batch, time, n))
-                for k, n in enumerate(self.dropout_sizes)
-            ]
-            logits, finals = self.forward(x, s0, masks if self.dropout.p else None)
-            loss = sequence_cross_entropy(logits, y)
-            updates, norm = optimizer.updates(self.params, loss)
-            inputs = [x, y, *flat(s0), *(masks if self.dropout.p else [])]
-            train = function(inputs, [loss, norm, *flat(finals)], backend, updates=updates)
+
+            def build_train() -> Any:
+                s0 = self._state_vars(batch)
+                masks = [
+                    pt.tensor(f"keep{k}", dtype=self.dtype, shape=(batch, time, n))
+                    for k, n in enumerate(self.dropout_sizes)
+                ]
+                logits, finals = self.forward(x, s0, masks if self.dropout.p else None)
+                loss = sequence_cross_entropy(logits, y)
+                updates, norm = optimizer.updates(self.params, loss)
+                inputs = [x, y, *flat(s0), *(masks if self.dropout.p else [])]
+                return function(inputs, [loss, norm, *flat(finals)], backend, updates=updates)
+
+            # the learning rate is a shared variable: not part of the key; an optimiser
+            # of the user's own class may have options its options() does not name
+            rule = {k: v for k, v in optimizer.options().items() if k != "lr"}
+            shared = {**self.params, **optimizer.make_slots(self.params)}
+            if type(optimizer).__module__ != Optimizer.__module__:
+                train = build_train()
+            else:
+                train = cached(
+                    "train",
+                    build_train,
+                    shared,
+                    optimizer=[type(optimizer).__name__, rule],
+                    dropout=bool(self.dropout.p),
+                )
         if "eval" in parts:
 
             def build_eval() -> Any:
@@ -331,7 +351,7 @@ class LanguageModel:
                 loss = sequence_cross_entropy(logits, y)
                 return function([x, y, *flat(s0)], [loss, *flat(finals)], backend)
 
-            evaluate = cached("eval", build_eval)
+            evaluate = cached("eval", build_eval, self.params)
         if "step" in parts:
 
             def build_step() -> Any:
@@ -340,7 +360,7 @@ class LanguageModel:
                 logits, finals = self.forward(token[:, None], s0)
                 return function([token, *flat(s0)], [logits[:, 0, :], *flat(finals)], backend)
 
-            step = cached("step", build_step)
+            step = cached("step", build_step, self.params)
         return CompiledModel(self, names, train, evaluate, step)
 
 

@@ -120,19 +120,12 @@ class Optimizer:
             grads = [g * pt.cast(scale, g.dtype) for g in grads]
         t = self.t + 1
         updates: list[tuple[Any, Any]] = [(self.t, t)]
+        self.make_slots(params)
         for n, g in zip(names, grads, strict=True):
             p = params[n]
             if self.weight_decay:
                 g = g + np.asarray(self.weight_decay, p.dtype) * p
-            slots = {}
-            for s in self.slots:
-                key = f"{n}/{s}"
-                if key not in self.state:
-                    zero = np.zeros_like(p.get_value(borrow=True))
-                    self.state[key] = pytensor.shared(
-                        zero, name=f"{self.name}.{key}", shape=p.type.shape
-                    )
-                slots[s] = self.state[key]
+            slots = {s: self.state[f"{n}/{s}"] for s in self.slots}
             lr = pt.cast(self.lr, p.dtype)
             new_p, new_slots = self.rule(p, g, lr, slots, t)
             updates.append((p, pt.cast(new_p, p.dtype)))
@@ -140,6 +133,20 @@ class Optimizer:
         # A step whose gradients are not finite (after clip_value) changes nothing.
         finite = pt.isfinite(used)
         return [(var, pt.switch(finite, new, var)) for var, new in updates], norm
+
+    def make_slots(self, params: Mapping[str, SharedVariable]) -> dict[str, SharedVariable]:
+        """The shared variables this optimiser keeps for ``params`` (zeros where new),
+        by name: the slots (``"<param>/<slot>"``), ``"t"`` and ``"lr"``.
+        :meth:`updates` makes them too; a caller that loads a compiled step instead of
+        building it makes them with this."""
+        for n, p in params.items():
+            for s in self.slots:
+                if f"{n}/{s}" not in self.state:
+                    zero = np.zeros_like(p.get_value(borrow=True))
+                    self.state[f"{n}/{s}"] = pytensor.shared(
+                        zero, name=f"{self.name}.{n}/{s}", shape=p.type.shape
+                    )
+        return {**self.state, "t": self.t, "lr": self.lr}
 
     def rule(
         self, p: Any, g: Any, lr: Any, slots: dict[str, Any], t: Any
