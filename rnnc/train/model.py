@@ -329,17 +329,14 @@ class LanguageModel:
                 inputs = [x, y, *flat(s0), *(masks if self.dropout.p else [])]
                 return function(inputs, [loss, norm, *flat(finals)], backend, updates=updates)
 
-            # the learning rate is a shared variable: not part of the key; an optimiser
-            # of the user's own class may have options its options() does not name
-            rule = {k: v for k, v in optimizer.options().items() if k != "lr"}
-            shared = {**self.params, **optimizer.make_slots(self.params)}
             if type(optimizer).__module__ != Optimizer.__module__:
-                train = build_train()
-            else:
+                train = build_train()  # the user's class: options() may not name all
+            else:  # the learning rate is a shared variable, not part of the key
+                rule = {k: v for k, v in optimizer.options().items() if k != "lr"}
                 train = cached(
                     "train",
                     build_train,
-                    shared,
+                    {**self.params, **optimizer.make_slots(self.params)},
                     optimizer=[type(optimizer).__name__, rule],
                     dropout=bool(self.dropout.p),
                 )
