@@ -16,7 +16,8 @@ down, each keyed so that a changed cell, size or version never reuses a stale en
   from a process's start to the end of the first call of an LSTM gradient.
 
 The cache lives in ``$RNNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnc``, else
-``~/.cache/rnnc``; ``RNNC_CACHE=0`` switches rnnc's own cache off.
+``~/.cache/rnnc``; ``RNNC_CACHE=0`` switches rnnc's own cache off, and its functions
+keep within ``$RNNC_CACHE_MAX_MB`` (1024 MB; the least recently used go first).
 
 BLAS: PyTensor's C backend links a BLAS through ``pytensor.config.blas__ldflags``.
 A pip install finds none on Debian/Ubuntu even with ``libopenblas-dev`` installed
@@ -49,6 +50,8 @@ __all__ = [
     "configure_jax",
     "find_openblas",
     "key_digest",
+    "max_bytes",
+    "trim",
     "user_blas_flags",
 ]
 
@@ -272,7 +275,9 @@ def cached_function(
     if path.exists():
         try:
             with path.open("rb") as f:
-                return _Loader(f, shared or {}, complete).load()
+                fn = _Loader(f, shared or {}, complete).load()
+            os.utime(path)  # used now: the last to go when the cache is trimmed
+            return fn
         except Exception:  # a stale, broken or incomplete entry: build it again
             path.unlink(missing_ok=True)
     fn = build()
@@ -285,7 +290,35 @@ def cached_function(
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+    trim(path.parent)
     return fn
+
+
+def max_bytes() -> int:
+    """The most rnnc's cached functions may take on disk: ``$RNNC_CACHE_MAX_MB``
+    megabytes, 1024 by default."""
+    return int(float(os.environ.get("RNNC_CACHE_MAX_MB", "1024")) * 2**20)
+
+
+def trim(folder: Path) -> list[Path]:
+    """Delete the least recently used functions in ``folder`` until the rest fit in
+    :func:`max_bytes`; returns the paths deleted. (An entry holds a copy of the
+    parameters it was compiled with, and ``layer.run`` on JAX makes one per shape.)"""
+    entries = []
+    for path in folder.glob("*.pkl"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # another process trimmed it
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    total, limit, deleted = sum(e[1] for e in entries), max_bytes(), []
+    for _, size, path in sorted(entries):
+        if total <= limit:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        deleted.append(path)
+    return deleted
 
 
 class _Loader(pickle.Unpickler):

@@ -244,6 +244,31 @@ def test_configure_c_keeps_a_debug_level_the_user_chose():
             assert pytensor.config.gcc__cxxflags == expected
 
 
+def test_the_cache_keeps_the_most_recently_used_within_its_size(tmp_path, monkeypatch):
+    import os
+
+    for age, name in enumerate(["d", "c", "b", "a"]):  # a is the oldest
+        path = tmp_path / f"{name}.pkl"
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (1e9 - age, 1e9 - age))
+    (tmp_path / "notes.txt").write_bytes(b"x" * 5000)  # not an entry
+    monkeypatch.setenv("RNNC_CACHE_MAX_MB", str(2500 / 2**20))
+    assert sorted(p.name for p in cache.trim(tmp_path)) == ["a.pkl", "b.pkl"]
+    assert sorted(p.name for p in tmp_path.glob("*.pkl")) == ["c.pkl", "d.pkl"]
+
+
+def test_a_hit_marks_an_entry_as_used(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    x = pt.dscalar("x")
+    cache.cached_function({"test": "used"}, lambda: function([x], 2 * x, FAST))
+    (path,) = (tmp_path / "functions").glob("*.pkl")
+    os.utime(path, (1e9, 1e9))
+    assert cache.cached_function({"test": "used"}, lambda: None)(3.0) == 6.0
+    assert path.stat().st_mtime > 1e9
+
+
 def test_key_digest_depends_on_every_part():
     assert cache.key_digest({"a": 1}) == cache.key_digest({"a": 1})
     assert cache.key_digest({"a": 1}) != cache.key_digest({"a": 2})
