@@ -36,6 +36,7 @@ import os
 import pickle
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -303,7 +304,14 @@ def max_bytes() -> int:
 def trim(folder: Path) -> list[Path]:
     """Delete the least recently used functions in ``folder`` until the rest fit in
     :func:`max_bytes`; returns the paths deleted. (An entry holds a copy of the
-    parameters it was compiled with, and ``layer.run`` on JAX makes one per shape.)"""
+    parameters it was compiled with, and ``layer.run`` on JAX makes one per shape.)
+    Temporary files older than an hour (of writers killed mid-write) go too."""
+    for path in folder.glob("*.tmp"):  # a writer killed before its rename, an hour ago
+        try:
+            if path.stat().st_mtime < time.time() - 3600:
+                path.unlink()
+        except FileNotFoundError:
+            pass
     entries = []
     for path in folder.glob("*.pkl"):
         try:

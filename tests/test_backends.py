@@ -246,15 +246,20 @@ def test_configure_c_keeps_a_debug_level_the_user_chose():
 
 def test_the_cache_keeps_the_most_recently_used_within_its_size(tmp_path, monkeypatch):
     import os
+    import time
 
     for age, name in enumerate(["d", "c", "b", "a"]):  # a is the oldest
         path = tmp_path / f"{name}.pkl"
         path.write_bytes(b"x" * 1000)
         os.utime(path, (1e9 - age, 1e9 - age))
     (tmp_path / "notes.txt").write_bytes(b"x" * 5000)  # not an entry
+    for name, age in (("old.tmp", 7200), ("new.tmp", 60)):  # a killed writer's, a live one's
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (time.time() - age,) * 2)
     monkeypatch.setenv("RNNC_CACHE_MAX_MB", str(2500 / 2**20))
     assert sorted(p.name for p in cache.trim(tmp_path)) == ["a.pkl", "b.pkl"]
     assert sorted(p.name for p in tmp_path.glob("*.pkl")) == ["c.pkl", "d.pkl"]
+    assert [p.name for p in tmp_path.glob("*.tmp")] == ["new.tmp"]
 
 
 def test_a_hit_marks_an_entry_as_used(tmp_path, monkeypatch):
