@@ -50,6 +50,7 @@ __all__ = [
     "configure_c",
     "configure_jax",
     "find_openblas",
+    "keep_freed_memory",
     "key_digest",
     "max_bytes",
     "trim",
@@ -134,6 +135,31 @@ def configure_c() -> None:
         pytensor.config.gcc__cxxflags = f"{flags} -g0".strip()
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc keep the memory of freed arrays for the next ones (``mallopt``: blocks
+    up to 32 MB come from the heap, whose top is not given back to the system below
+    2 GB); returns whether it did. ``RNNC_KEEP_MEMORY=0`` leaves malloc alone.
+
+    PyTensor's C backend allocates its arrays (a scan's outputs, their gradients) anew
+    at every call. glibc serves blocks above its threshold (128 KB, raised by itself
+    up to 32 MB as blocks are freed) with fresh pages from the system and gives freed
+    heap space back, so every call faults its memory in again, page by page: 11,900
+    page faults (46 MiB) per call of the medium LSTM's gradient (B=32 T=100 I=128
+    H=256), 113-118 ms; kept, no fault and 96.5 ms. The process keeps its peak memory.
+    (JAX allocates its own way and is not affected.)
+    """
+    if os.environ.get("RNNC_KEEP_MEMORY", "1") in ("0", "false", "no", "off"):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20) and mallopt(m_trim_threshold, 2**31 - 1))
+
+
 # ---------------------------------------------------------------- JAX
 def configure_jax() -> Path | None:
     """Point JAX's persistent compilation cache at ``<rnnc cache>/jax`` (unless the user
@@ -206,6 +232,7 @@ def configure(backend: str) -> None:
     _configured.add(backend)
     if backend == "c":
         configure_c()
+        keep_freed_memory()
     elif backend == "jax":
         configure_jax()
         patch_jax_sum()
