@@ -244,6 +244,12 @@ def test_numbers_out_of_range(text: str, message: str):
     assert _error(text).message == message
 
 
+@pytest.mark.parametrize("zero", ["0", "0.0", "0e-400", "0E-400", "0.000e5"])
+def test_zero_in_any_spelling_is_zero(zero: str):
+    (cell,) = rnnc.parse(HEAD + f"    y = x * {zero}\n").values()
+    assert cell.outputs["y"].args[1].value == 0.0
+
+
 def test_wrong_indentation_after_a_tab_has_a_place():
     # found by fuzzing: the error had no place when the lines mixed tabs and spaces
     exc = _error(HEAD + "\ty = x\n    z = x\n")

@@ -482,7 +482,7 @@ class _ToAst(Transformer):
                 self._span(token),
                 "write a number below 1.8e308",
             )
-        if value == 0 and any(c in "123456789" for c in token.partition("e")[0].lower()):
+        if value == 0 and any(c in "123456789" for c in token.lower().partition("e")[0]):
             raise CellSyntaxError(
                 f"the number {_clip(token)} is too small: it is 0 as a float",
                 self._span(token),
