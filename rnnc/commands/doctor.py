@@ -134,9 +134,17 @@ def diagnose() -> list[tuple[str, str, str | None]]:
         )
     )
     folder = cache.cache_dir() / "functions"
-    count = len(list(folder.glob("*.pkl"))) if folder.is_dir() else 0
+    entries = list(folder.glob("*.pkl")) if folder.is_dir() else []
+    size = sum(p.stat().st_size for p in entries) / 2**20
     state = "on" if cache.enabled() else "off (RNNC_CACHE=0)"
-    rows.append(("rnnc cache", f"{cache.cache_dir()} ({state}, {count} functions)", None))
+    rows.append(
+        (
+            "rnnc cache",
+            f"{cache.cache_dir()} ({state}, {len(entries)} functions, "
+            f"{size:.0f} of {cache.max_bytes() / 2**20:.0f} MB)",
+            None,
+        )
+    )
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     rows.append(("OMP_NUM_THREADS", threads, None))
     return rows
