@@ -41,6 +41,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rnnc import pch
+
 __all__ = [
     "cache_dir",
     "cached_function",
@@ -233,6 +235,7 @@ def configure(backend: str) -> None:
     if backend == "c":
         configure_c()
         keep_freed_memory()
+        pch.use_precompiled_header()
     elif backend == "jax":
         configure_jax()
         patch_jax_sum()

@@ -306,3 +306,30 @@ def test_doctor_reports_blas_and_caches(capsys):
     assert {"C backend BLAS", "rnnc cache", "default backend"} <= set(rows)
     if "openblas" in rows["C backend BLAS"] and rows["system OpenBLAS"] != "not found":
         assert rows["OpenBLAS kernels"].split()[0].isalnum()  # a core name, as "Haswell"
+
+
+def test_the_precompiled_python_header_is_valid_for_pytensors_modules(tmp_path):
+    """g++ takes rnnc's precompiled ``Python.h`` for a file compiled with the options of
+    PyTensor's modules (a stale or mismatched one would be skipped silently: this test
+    says when PyTensor's options change under it)."""
+    import subprocess
+
+    from rnnc import pch
+
+    if not pytensor.config.cxx:
+        pytest.skip("no C++ compiler")
+    cache.configure("c")
+    folder = pch.use_precompiled_header()
+    assert folder is not None and f"-I{folder}" in pytensor.config.gcc__cxxflags.split()
+    source = tmp_path / "mod.cpp"
+    source.write_text(
+        "#include <Python.h>\n#include <numpy/arrayobject.h>\nint f() { return 1; }\n"
+    )
+    flags = pch.module_flags()
+    out = subprocess.run(
+        [pytensor.config.cxx, "-H", "-fsyntax-only", *flags, str(source)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stderr.splitlines()[0] == f"! {folder}/Python.h.gch"
