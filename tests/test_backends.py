@@ -1,11 +1,19 @@
-"""Every backend gives the reference interpreter's numbers, forward and gradient.
+"""Every backend gives the reference interpreter's numbers, forward and gradient; and
+what rnnc sets up around the backends: its function cache (in ``layer.run`` too), the
+C compiler's flags and precompiled header, malloc, ``rnnc doctor``.
 
 One tiny function per backend, for the optimised GRU with a mask: forward and
 gradient on C and JAX; forward only on Numba, whose cold compilation of a scan
-gradient takes minutes (docs/backends.md). The other tests use the Python mode.
+gradient takes minutes (docs/backends.md).
 """
 
 from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytensor
@@ -216,8 +224,6 @@ def test_a_function_loaded_in_a_new_process_is_set_up_like_its_backend(
     # The loading process must set up the backend as rnnc.compile.function did: for C
     # the compiler's flags (rnnc adds -g0; else PyTensor's keys differ and every module
     # is built again), for JAX the persistent cache (else XLA compiles again)
-    import subprocess
-    import sys
 
     if not _available(backend):
         pytest.skip(f"{backend} is not installed")
@@ -245,8 +251,6 @@ def test_configure_c_keeps_a_debug_level_the_user_chose():
 
 
 def test_the_cache_keeps_the_most_recently_used_within_its_size(tmp_path, monkeypatch):
-    import os
-    import time
 
     for age, name in enumerate(["d", "c", "b", "a"]):  # a is the oldest
         path = tmp_path / f"{name}.pkl"
@@ -263,7 +267,6 @@ def test_the_cache_keeps_the_most_recently_used_within_its_size(tmp_path, monkey
 
 
 def test_a_hit_marks_an_entry_as_used(tmp_path, monkeypatch):
-    import os
 
     monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
     x = pt.dscalar("x")
@@ -275,7 +278,6 @@ def test_a_hit_marks_an_entry_as_used(tmp_path, monkeypatch):
 
 
 def test_freed_arrays_memory_is_kept_for_the_next(monkeypatch):
-    import resource
 
     monkeypatch.setenv("RNNC_KEEP_MEMORY", "0")
     assert not cache.keep_freed_memory()
@@ -312,7 +314,6 @@ def test_the_precompiled_python_header_is_valid_for_pytensors_modules(tmp_path):
     """g++ takes rnnc's precompiled ``Python.h`` for a file compiled with the options of
     PyTensor's modules (a stale or mismatched one would be skipped silently: this test
     says when PyTensor's options change under it)."""
-    import subprocess
 
     from rnnc import pch
 
