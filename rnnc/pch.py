@@ -67,6 +67,8 @@ def use_precompiled_header() -> Path | None:
     compiler = f"{pytensor.config.cxx} {pytensor.config.gcc_version_str}"
     key = "\0".join([compiler, str(header), str(stat.st_mtime_ns), str(stat.st_size), *flags])
     folder = root / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if " " in str(folder):  # PyTensor splits gcc__cxxflags at spaces
+        return None
     if not (folder / "Python.h.gch").is_file() and not _make(folder, header, flags):
         return None
     option = f"-I{folder}"
