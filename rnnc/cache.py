@@ -304,12 +304,16 @@ def cached_function(
     variables the caller owns: a function loaded from disk reads and updates them (by
     name) instead of the copies it was pickled with, so training updates reach the
     caller; shared variables not named there keep the values they were pickled with,
-    unless ``complete=True``: then such a function is built again. Build the graph
-    inside ``build`` so that a hit skips it too. ``build`` may also return a tuple
-    holding compiled functions and other values (names, say), stored together.
+    unless ``complete=True``: then such a function is built again. The names and types
+    of ``shared`` are part of the key; shared variables whose names are not distinct
+    cannot be matched, so such a function is built every time. Build the graph inside
+    ``build`` so that a hit skips it too. ``build`` may also return a tuple holding
+    compiled functions and other values (names, say), stored together.
     """
-    if not enabled():
+    variables = {v.name: str(v.type) for v in (shared or {}).values()}
+    if not enabled() or len(variables) < len(shared or {}):
         return build()
+    parts = {**parts, "shared": variables} if variables else parts
     path = cache_dir() / "functions" / f"{key_digest(parts)}.pkl"
     if path.exists():
         try:

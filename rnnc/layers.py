@@ -218,9 +218,10 @@ class SequenceLayer:
         """Raise if the layer cannot carry its state from one call to the next."""
 
     def _cache_parts(self) -> dict[str, Any] | None:
-        """Everything the functions this layer compiles depend on, besides the values
-        of its parameters: the key of :meth:`run`'s functions in rnnc's cache. None
-        (a layer class rnnc does not know, a subclass): never cached."""
+        """Everything the functions this layer compiles depend on, besides its
+        parameters (whose names and types the cache adds to the key): the key of
+        :meth:`run`'s functions in rnnc's cache. None (a layer class rnnc does not know,
+        a subclass): never cached."""
         return None
 
     # ---------------------------------------------------------------- symbolic
@@ -399,13 +400,12 @@ class SequenceLayer:
         return self.backend or default_backend()
 
     def _cached_run(self, key: tuple) -> tuple[Any, list[str], list[Path]]:
-        """:meth:`_compile_run` through rnnc's cache (:func:`rnnc.cache.cached_function`)
-        when the layer says what its functions depend on and its parameters' names
-        are distinct (a loaded function finds the layer's parameters by name)."""
+        """:meth:`_compile_run` through rnnc's cache (:func:`rnnc.cache.cached_function`,
+        which finds the layer's parameters by name) when the layer says what its
+        functions depend on."""
         parts = self._cache_parts()
-        names = [v.name for v in self.params.values()]
         backend = self._backend()
-        if parts is None or len(set(names)) < len(names) or backend == "python":
+        if parts is None or backend == "python":
             return self._compile_run(*key)
         parts = {"layer": parts, "run": repr(key), "backend": backend}
         return cache.cached_function(
@@ -902,7 +902,6 @@ class Recurrent(SequenceLayer):
             "optimize": repr(self.optimize),
             "checkpoint": self.checkpoint,
             "inner": inner,
-            "params": {k: [v.name, v.type.shape] for k, v in self.params.items()},
         }
 
     def _single(self, sizes: Mapping[str, int], seed: int, name: str) -> Recurrent:

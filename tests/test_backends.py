@@ -319,6 +319,22 @@ def test_freed_memory_is_kept_for_the_next_call(monkeypatch):
     assert int(faults) < 100
 
 
+def test_shared_variables_of_one_name_are_never_cached(tmp_path, monkeypatch):
+    # a loaded function finds the caller's shared variables by name: with two of one
+    # name it could read the wrong one
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    a, b = pytensor.shared(1.0, name="w"), pytensor.shared(2.0, name="w")
+    built = []
+
+    def build():
+        built.append(1)
+        return function([], a * 10 + b, FAST)
+
+    for _ in range(2):
+        assert cache.cached_function({"test": "twins"}, build, {"a": a, "b": b})() == 12.0
+    assert len(built) == 2 and not (tmp_path / "functions").exists()
+
+
 def test_key_digest_depends_on_every_part():
     assert cache.key_digest({"a": 1}) == cache.key_digest({"a": 1})
     assert cache.key_digest({"a": 1}) != cache.key_digest({"a": 2})

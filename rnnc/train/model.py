@@ -161,8 +161,8 @@ class LanguageModel:
         }
 
     def _cache_parts(self) -> dict[str, Any] | None:
-        """What the model's functions depend on besides its parameters' values (the key
-        in rnnc's cache; None: not cached)."""
+        """What the model's functions depend on besides its parameters, whose names and
+        types the cache adds (the key in rnnc's cache; None: not cached)."""
         layers = [layer._cache_parts() for layer in self.layers]
         if None in layers:
             return None
@@ -173,7 +173,6 @@ class LanguageModel:
             "embedding": self.embedding_size,
             "output": self.output_name,
             "dtype": self.dtype,
-            "params": {k: [v.name, v.type.shape] for k, v in self.params.items()},
         }
 
     @classmethod
@@ -301,8 +300,7 @@ class LanguageModel:
         key = self._cache_parts()
 
         def cached(part: str, build: Any, shared: dict[str, Any], **more: Any) -> Any:
-            names = [v.name for v in shared.values()]
-            if key is None or backend == "python" or len(set(names)) < len(names):
+            if key is None or backend == "python":
                 return build()
             parts = {"model": key, "part": part, "batch": batch_shape, "backend": backend}
             return cache.cached_function({**parts, **more}, build, shared, complete=True)
