@@ -182,6 +182,21 @@ def test_save_modes():
     assert len(every) > len(auto)
 
 
+def test_save_keeps_a_factor_that_would_need_a_product_again():
+    """The GRU's ``r * (h @ W_hn + b_hn)``: the derivative by ``r`` reads the other factor,
+    which the backward loop would compute again with the (fused) product of ``h``."""
+    cell = rnnc.load_cell("gru")
+    for fused in (False, True):
+        after = optimize(cell, {"fuse": fused}, SIZES)
+        saved = [v for k, v in after.outputs.items() if k.startswith(SAVED_PREFIX)]
+        factor = [n for n in saved if n.op == "add"]
+        assert len(factor) == 1 and any(a.op in ("matmul", "slice") for a in factor[0].args)
+        # `1 - z` needs no product once `z` (a sigmoid) is saved, so it is not saved
+        assert not [n for n in saved if n.op == "sub"]
+        assert len(saved) == 4
+        assert_same_meaning(cell, after)
+
+
 def test_options_resolve():
     assert resolve(True) == DEFAULTS and resolve(False) == OFF
     assert resolve({"fuse": False})["fuse"] is False

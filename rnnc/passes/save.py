@@ -20,8 +20,11 @@ After (``save="auto"``)::
 The price is memory: each saved value is kept for every step (``time * batch *
 size`` numbers). ``"auto"`` saves the results of the nonlinear elementwise functions
 (and the arguments of the piecewise ones: ``relu``, ``abs``, ``maximum``, ...),
-which is what the derivatives read; ``"all"`` saves every intermediate value in the
-loop; ``"none"`` nothing.
+which is what the derivatives read, and the factors of a product ``a * b`` whose
+recomputation would take a matrix product (the derivative by ``b`` reads ``a``: in a
+GRU, ``r * (h @ W_hn + b_hn)`` made the backward loop compute ``h @ W_hn`` again, or
+with ``fuse`` all of ``h @ concat(W_h*)``, at every step); ``"all"`` saves every
+intermediate value in the loop; ``"none"`` nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +43,23 @@ _RESULT_NEEDED = ("sigmoid", "tanh", "exp", "softplus", "sqrt", "log")
 _ARGS_NEEDED = ("relu", "abs", "maximum", "minimum", "layer_norm", "div", "pow")
 
 
+def _needs_a_product(node: ir.Node) -> bool:
+    """Whether computing ``node`` again in the loop would take a matrix product of a
+    state (the results of ``_RESULT_NEEDED`` functions are saved: no need to look
+    behind them)."""
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        if n in seen or not n.stateful:
+            continue
+        seen.add(n)
+        if n.op == "matmul":
+            return True
+        if n.op not in _RESULT_NEEDED:
+            todo.extend(n.args)
+    return False
+
+
 def save(cell: ir.CellIR, mode: str = "auto") -> ir.CellIR:
     """Add the in-loop values the backward pass needs as outputs (see module doc)."""
     if mode == "none":
@@ -55,6 +75,8 @@ def save(cell: ir.CellIR, mode: str = "auto") -> ir.CellIR:
             candidates = [node]
         elif node.op in _ARGS_NEEDED:
             candidates = list(node.args)
+        elif node.op == "mul":
+            candidates = [a for a in node.args if _needs_a_product(a)]
         else:
             candidates = []
         for c in candidates:
