@@ -314,6 +314,16 @@ def test_show_optimized_lstm_has_one_product_in_the_loop(capsys):
     assert "in all: 114 FLOPs per step after the passes, 122 as written" in out
 
 
+def test_show_optimized_takes_a_backend_s_defaults(capsys):
+    argv = ("show", "lstm", "--optimized", "--dims", "I=3,H=2")
+    _, c_out, _ = _run(capsys, *argv)
+    status, jax_out, err = _run(capsys, *argv, "--backend", "jax")
+    assert (status, err) == (0, "")
+    # widen is off on JAX: the biases go into the loop as four sequences, not one
+    assert "seq _wide0" in c_out and "seq _wide0" not in jax_out
+    assert "seq _pre3" in jax_out
+
+
 def test_show_optimized_matches_the_stats_module(capsys):
     from rnnc.passes import optimize
     from rnnc.passes.stats import cost

@@ -14,7 +14,8 @@ each shape in numbers and counts the parameters.
 
     $ rnnc show lstm --optimized --dims I=128,H=256
 
-shows the step after the passes (``rnnc.Recurrent``'s default ``optimize=True``): the
+shows the step after the passes (``rnnc.Recurrent``'s default ``optimize=True``, with
+the defaults of ``--backend``, C unless given: JAX goes without ``widen``): the
 IR split into the work done before the loop for every step at once, in the loop and
 after it, then the matrix products and FLOPs per step and example in each of those
 parts, beside the cell as written. ``--optimized`` needs ``--dims``: ``fuse`` writes the
@@ -34,10 +35,11 @@ from typing import Any
 from rnnc import ir
 from rnnc.check import local_values
 from rnnc.commands.check import load_cells, plural
+from rnnc.compile import BACKENDS
 from rnnc.errors import MissingDimensionError, UnknownDimensionError, UnknownNameError
 from rnnc.ir_format import format_ir, format_signature, format_value
 from rnnc.lang.parser import parse_module
-from rnnc.passes import SAVED_PREFIX, optimize
+from rnnc.passes import SAVED_PREFIX, optimize, resolve
 from rnnc.passes.stats import cost
 
 __all__ = ["add_parser", "format_cell", "parse_dims", "run"]
@@ -67,6 +69,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "show the IR after the passes, with the matrix products and FLOPs per step "
             "before, in and after the loop (needs --dims)"
         ),
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="c",
+        help="with --optimized: use the passes' defaults of this backend (default: c)",
     )
     return p
 
@@ -149,15 +157,17 @@ def format_cell(
     sizes: Mapping[str, int] | None = None,
     locals_: Mapping[str, ir.Node] | None = None,
     optimized: bool = False,
+    backend: str = "c",
 ) -> str:
     """The text ``rnnc show`` prints for one cell; with ``optimized`` (which needs
-    ``sizes``) the step is shown after the passes, with its cost per step."""
+    ``sizes``) the step is shown after the passes (``backend``'s defaults), with its
+    cost per step."""
     locals_ = locals_ or {}
     step = cell
     if optimized:
         if sizes is None:
             raise _needs_dims([cell])
-        step = optimize(cell, True, sizes)
+        step = optimize(cell, resolve(True, backend), sizes)
 
     def shape(s: ir.Shape) -> list[str]:
         cols = [ir.format_shape(s)]
@@ -261,7 +271,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dims is not None:
         _check_sizes(list(cells.values()), args.dims)
     texts = [
-        format_cell(c, args.dims, _locals(path, name), args.optimized) for name, c in cells.items()
+        format_cell(c, args.dims, _locals(path, name), args.optimized, args.backend)
+        for name, c in cells.items()
     ]
     print("\n\n".join(texts))
     return 0
