@@ -29,6 +29,7 @@ PyTensor asks of the C compiler (a fifth of a cold compile).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnc import pch
+from rnnc.cbuild import parallel_modules
 
 __all__ = [
     "cache_dir",
@@ -403,9 +405,10 @@ class _Loader(pickle.Unpickler):
             storage.append(container)
         # set up its backend as rnnc.compile.function did where it was made (else JAX's
         # persistent cache is off here, and the first call compiles XLA anew: 1 s)
-        linker = type(maker.linker).__name__
-        configure({"JAXLinker": "jax", "NumbaLinker": "numba"}.get(linker, "c"))
-        fn = maker.create(storage)
+        backend = {"JAXLinker": "jax", "NumbaLinker": "numba"}.get(type(maker.linker).__name__, "c")
+        configure(backend)
+        with parallel_modules() if backend == "c" else contextlib.nullcontext():
+            fn = maker.create(storage)  # C: rebuilds the modules PyTensor's compile dir lost
         fn.trust_input = trust_input
         return fn
 

@@ -7,6 +7,7 @@ compiles PyTensor graphs with the chosen backend.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import pytensor
 from pytensor.compile.mode import Mode, get_mode
 
 from rnnc import ir
+from rnnc.cbuild import parallel_modules
 from rnnc.check import check_module
 from rnnc.errors import OptionError, UnknownNameError
 from rnnc.lang.parser import parse_module
@@ -164,11 +166,12 @@ def function(
     cache.configure(backend)
     if backend == "jax":
         cache.reject_truncated_scan_on_jax(outputs)
-    return pytensor.function(
-        list(inputs),
-        outputs,
-        updates=updates,
-        mode=mode(backend),
-        on_unused_input="ignore",
-        **kwargs,
-    )
+    with parallel_modules() if backend == "c" else contextlib.nullcontext():
+        return pytensor.function(
+            list(inputs),
+            outputs,
+            updates=updates,
+            mode=mode(backend),
+            on_unused_input="ignore",
+            **kwargs,
+        )
