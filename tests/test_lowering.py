@@ -171,3 +171,49 @@ def test_the_gates_of_a_fused_product_are_one_split():
     ops = [v.owner.op for v in ancestors(grads) if v.owner and isinstance(v.owner.op, Scan)]
     backward = {type(v.owner.op) for op in ops for v in ancestors(op.inner_outputs) if v.owner}
     assert IncSubtensor not in backward
+
+
+MGU = """
+cell mgu(x: [I]) -> (y: [H]):
+    state h: [H] = 0
+    f = sigmoid(x @ W_xf + h @ W_hf + b_f)
+    n = tanh(x @ W_xn + (f * h) @ W_hn + b_n)
+    h' = (1 - f) * h + f * n
+    y = h' @ W_y + b_y
+"""
+
+
+@pytest.mark.parametrize("widen", [True, False])  # C's defaults, JAX's
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mgu"])
+def test_the_backward_loop_computes_no_product_of_the_forward_step_again(cell, widen):
+    """Every product in the backward loop has a transposed operand (``d @ W.T`` or
+    ``h.T @ d``); a product of two untransposed values there is the forward's computed
+    again. It was, every step, for the GRU's ``h @ W_hn`` (fixed by saving that factor)
+    and for the custom cell's ``(f * h) @ W_hn`` (fixed by the order of the saved values)."""
+    from pytensor.graph.traversal import ancestors
+    from pytensor.scan.op import Scan
+    from pytensor.tensor.elemwise import DimShuffle
+    from pytensor.tensor.math import Dot
+
+    spec = rnnc.parse(MGU)["mgu"] if cell == "mgu" else cell
+    layer = rnnc.Recurrent(spec, I=4, H=3, dtype="float64", optimize={"widen": widen})
+    x = pt.tensor3("x", dtype="float64")
+    grads = pytensor.grad((layer(x).outputs["y"] ** 2).sum(), list(layer.params.values()))
+    (backward,) = {
+        v.owner.op
+        for v in ancestors(grads)
+        if v.owner and isinstance(v.owner.op, Scan) and "grad" in v.owner.op.name
+    }
+    products = [
+        v.owner
+        for v in ancestors(backward.inner_outputs)
+        if v.owner and isinstance(v.owner.op, Dot)
+    ]
+    assert products
+    for node in products:
+        assert any(
+            a.owner is not None
+            and isinstance(a.owner.op, DimShuffle)
+            and tuple(a.owner.op.new_order) == (1, 0)
+            for a in node.inputs
+        ), f"{cell}: the backward loop computes {node} again"
