@@ -990,6 +990,7 @@ class Recurrent(SequenceLayer):
             reset=loop.reset,
             checkpoint=checkpoint,
             outputs=not loop.states_only,
+            fast_compile=self.backend == "python",
         )
         # in the cell's order (the passes move some after the loop), without the
         # values the passes save for the backward pass

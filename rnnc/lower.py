@@ -310,6 +310,7 @@ def _segmented_scan(
     every: int,
     reverse: bool,
     keep: list[int],
+    mode: str | None = None,
 ) -> tuple[list[TensorVariable], list[TensorVariable], list[TensorVariable]]:
     """``scan(step)`` split into segments of ``every`` steps (gradient checkpointing).
 
@@ -344,6 +345,7 @@ def _segmented_scan(
             strict=True,
             return_updates=False,
             return_list=True,
+            mode=mode,
         )
         last = [
             pt.specify_shape(r[-1], s.type.shape) if r[-1].type.shape != s.type.shape else r[-1]
@@ -359,6 +361,7 @@ def _segmented_scan(
         strict=True,
         return_updates=False,
         return_list=True,
+        mode=mode,
     )
 
     def steps(x: TensorVariable) -> TensorVariable:  # [n_seg, every, ...] -> [time, ...]
@@ -384,6 +387,7 @@ def scan_cell(
     reset: TensorVariable | None = None,
     checkpoint: int | None = None,
     outputs: bool = True,
+    fast_compile: bool = False,
 ) -> ScanResult:
     """Run ``cell`` over ``inputs`` (``[batch, time, ...]`` each) with one scan.
 
@@ -405,7 +409,12 @@ def scan_cell(
     the backward pass instead of storing every step (see :func:`_segmented_scan`).
     ``outputs=False`` computes the final states only: no per-step output is made, so
     none takes memory (nor, in the backward pass, its zero gradient).
+    ``fast_compile`` (the "python" backend) has PyTensor's C and Python linkers build
+    the loop's step (and its gradient's) in FAST_COMPILE mode, as the function around
+    it: a scan's step is otherwise compiled with C code and every rewrite, whatever
+    mode compiles the function (JAX and Numba translate the whole scan either way).
     """
+    mode = "FAST_COMPILE" if fast_compile else None
     if not outputs:
         cell = cell.replace(outputs={}, postcompute={})
     inputs_tm = {name: _time_major(x) for name, x in inputs.items()}
@@ -524,6 +533,7 @@ def scan_cell(
             checkpoint,
             reverse,
             keep=[i for i, name in enumerate(state_names) if ("new", name) in post_reads],
+            mode=mode,
         )
     else:
         results = pytensor.scan(
@@ -537,6 +547,7 @@ def scan_cell(
             strict=True,
             return_updates=False,
             return_list=True,
+            mode=mode,
         )
         state_list = results[: len(state_names)]
         out_list = results[len(state_names) :]
