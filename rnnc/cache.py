@@ -241,7 +241,8 @@ def configure(backend: str) -> None:
     if backend in _configured:
         return
     _configured.add(backend)
-    if backend == "c":
+    # "python" too: a scan built for another backend still compiles its step with C
+    if backend in ("c", "python"):
         configure_c()
         keep_freed_memory()
         pch.use_precompiled_header()

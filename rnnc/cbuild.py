@@ -62,7 +62,8 @@ def workers() -> int:
 
 
 class _Job:
-    """One module to build: a node's ``CLinker``, key and source."""
+    """One module to build: its key and source, and the compiler and flags that the
+    node's ``CLinker`` gives it (read here, in the main thread)."""
 
     def __init__(self, linker: Any, key: Any, src: str, module_hash: str) -> None:
         self.key, self.src, self.module_hash = key, src, module_hash

@@ -166,7 +166,7 @@ def function(
     cache.configure(backend)
     if backend == "jax":
         cache.reject_truncated_scan_on_jax(outputs)
-    with parallel_modules() if backend == "c" else contextlib.nullcontext():
+    with parallel_modules() if backend in ("c", "python") else contextlib.nullcontext():
         return pytensor.function(
             list(inputs),
             outputs,
