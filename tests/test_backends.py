@@ -344,7 +344,7 @@ def test_doctor_reports_blas_and_caches(capsys):
     from rnnc.commands import doctor
 
     rows = dict((what, finding) for what, finding, _ in doctor.diagnose())
-    assert {"C backend BLAS", "rnnc cache", "default backend"} <= set(rows)
+    assert {"C backend BLAS", "rnnc cache", "default backend", "C modules built"} <= set(rows)
     if "openblas" in rows["C backend BLAS"] and rows["system OpenBLAS"] != "not found":
         assert rows["OpenBLAS kernels"].split()[0].isalnum()  # a core name, as "Haswell"
 

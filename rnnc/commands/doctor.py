@@ -1,6 +1,7 @@
 """``rnnc doctor``: what rnnc will compile with, and what would make it faster.
 
-Reports the versions, the default backend, the C compiler, the BLAS the C backend
+Reports the versions, the default backend, the C compiler (and how many modules
+rnnc builds with it at once), the BLAS the C backend
 links (and whether a system OpenBLAS could be used), Numba's and JAX's caches and
 rnnc's own cache. Exits 0; ``--strict`` exits 1 when the C backend has no BLAS.
 """
@@ -59,6 +60,16 @@ def _openblas_kernels(path: Any) -> tuple[str, str, str | None]:
     return ("OpenBLAS kernels", f"{core} ({version}, chosen for this CPU)", None)
 
 
+def _parallel_compile() -> tuple[str, str, str | None]:
+    """How many C modules rnnc compiles at once (``rnnc.cbuild``)."""
+    from rnnc.cbuild import workers
+
+    n = workers()
+    if n < 2:
+        return ("C modules built", "one at a time", "RNNC_PARALLEL_COMPILE=N builds N at once")
+    return ("C modules built", f"{n} at a time (RNNC_PARALLEL_COMPILE to change)", None)
+
+
 def _compile_dir(path: Path) -> tuple[str, str, str | None]:
     """PyTensor's compile dir and the number of C modules in it: PyTensor reads the key
     of every one when a process first compiles for C (2,172 modules: 2.2 s)."""
@@ -96,6 +107,7 @@ def diagnose() -> list[tuple[str, str, str | None]]:
             else "install g++ (Debian: apt-get install g++); without it only numba/jax work",
         ),
         _compile_dir(Path(pytensor.config.compiledir)),
+        _parallel_compile(),
     ]
     user = cache.user_blas_flags()
     openblas = cache.find_openblas()
