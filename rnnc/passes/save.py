@@ -14,8 +14,8 @@ Before (an LSTM step)::
 
 After (``save="auto"``)::
 
-    outputs: y, _save0 = sigmoid(...i...), _save1 = sigmoid(...f...),
-             _save2 = tanh(...g...), _save3 = sigmoid(...o...), _save4 = tanh(c')
+    outputs: y, _save0 = tanh(c'), _save1 = tanh(...g...),
+             _save2, _save3, _save4 = the three sigmoid gates
 
 The price is memory: each saved value is kept for every step (``time * batch *
 size`` numbers). ``"auto"`` saves the results of the nonlinear elementwise functions
