@@ -165,8 +165,13 @@ def build_modules(nodes: list[Any], n_workers: int) -> int:
             shutil.rmtree(job.location, ignore_errors=True)
             return None
 
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        built = [job for job in pool.map(run, jobs) if job is not None]
+    try:
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            built = [job for job in pool.map(run, jobs) if job is not None]
+    except BaseException:  # Ctrl-C: leave no unregistered module behind
+        for job in jobs:
+            shutil.rmtree(job.location, ignore_errors=True)
+        raise
     return _register(built, cache)
 
 

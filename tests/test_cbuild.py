@@ -101,3 +101,33 @@ def test_pytensor_has_the_cache_api_cbuild_relies_on():
 
     for name in ("_get_from_key", "_get_from_hash", "_add_to_cache", "refresh"):
         assert hasattr(ModuleCache, name), f"PyTensor {pytensor.__version__} lacks {name}"
+
+
+def test_an_interrupted_build_leaves_no_module_folder_behind(monkeypatch, tmp_path):
+    """Ctrl-C while g++ runs: the folders made for the modules are removed (PyTensor
+    would keep a folder without a key forever)."""
+    from pytensor.link.c import cmodule
+
+    made = []
+
+    def workdir(base):
+        path = tmp_path / f"m{len(made)}"
+        path.mkdir()
+        made.append(path)
+        return str(path)
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmodule, "dlimport_workdir", workdir)
+    monkeypatch.setattr(cbuild, "_compile", interrupted)
+    monkeypatch.setattr(cbuild, "_missing", lambda nodes, cache: [_fake_job(), _fake_job()])
+    with pytest.raises(KeyboardInterrupt):
+        cbuild.build_modules([], 2)
+    assert len(made) == 2 and not any(p.exists() for p in made)
+
+
+def _fake_job():
+    job = object.__new__(cbuild._Job)
+    job.location = job.library = ""
+    return job
