@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
@@ -173,14 +175,8 @@ def test_the_gates_of_a_fused_product_are_one_split():
     assert IncSubtensor not in backward
 
 
-MGU = """
-cell mgu(x: [I]) -> (y: [H]):
-    state h: [H] = 0
-    f = sigmoid(x @ W_xf + h @ W_hf + b_f)
-    n = tanh(x @ W_xn + (f * h) @ W_hn + b_n)
-    h' = (1 - f) * h + f * n
-    y = h' @ W_y + b_y
-"""
+#: The custom cell of the examples (the minimal gated unit).
+MGU = Path(__file__).parents[1] / "examples" / "cells" / "mgu.cell"
 
 
 @pytest.mark.parametrize("widen", [True, False])  # C's defaults, JAX's
@@ -189,13 +185,13 @@ def test_the_backward_loop_computes_no_product_of_the_forward_step_again(cell, w
     """Every product in the backward loop has a transposed operand (``d @ W.T`` or
     ``h.T @ d``); a product of two untransposed values there is the forward's computed
     again. It was, every step, for the GRU's ``h @ W_hn`` (fixed by saving that factor)
-    and for the custom cell's ``(f * h) @ W_hn`` (fixed by the order of the saved values)."""
+    and for the custom cell's ``(f * h) @ U_n`` (fixed by the order of the saved values)."""
     from pytensor.graph.traversal import ancestors
     from pytensor.scan.op import Scan
     from pytensor.tensor.elemwise import DimShuffle
     from pytensor.tensor.math import Dot
 
-    spec = rnnc.parse(MGU)["mgu"] if cell == "mgu" else cell
+    spec = MGU if cell == "mgu" else cell
     layer = rnnc.Recurrent(spec, I=4, H=3, dtype="float64", optimize={"widen": widen})
     x = pt.tensor3("x", dtype="float64")
     grads = pytensor.grad((layer(x).outputs["y"] ** 2).sum(), list(layer.params.values()))
