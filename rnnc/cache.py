@@ -29,7 +29,6 @@ PyTensor asks of the C compiler (a fifth of a cold compile).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -44,6 +43,7 @@ from typing import Any
 
 from rnnc import pch
 from rnnc.cbuild import parallel_modules
+from rnnc.env import switched_off
 
 __all__ = [
     "cache_dir",
@@ -73,7 +73,7 @@ def cache_dir() -> Path:
 
 
 def enabled() -> bool:
-    return os.environ.get("RNNC_CACHE", "1") not in ("0", "false", "no", "off")
+    return not switched_off("RNNC_CACHE")
 
 
 # ---------------------------------------------------------------- BLAS
@@ -156,7 +156,7 @@ def keep_freed_memory() -> bool:
     in the same process 57 -> 39 ms. The process keeps the memory it has used, and
     threads share one malloc arena.
     """
-    if os.environ.get("RNNC_KEEP_MEMORY", "1") in ("0", "false", "no", "off"):
+    if switched_off("RNNC_KEEP_MEMORY"):
         return False
     try:
         import ctypes
@@ -408,7 +408,7 @@ class _Loader(pickle.Unpickler):
         # persistent cache is off here, and the first call compiles XLA anew: 1 s)
         backend = {"JAXLinker": "jax", "NumbaLinker": "numba"}.get(type(maker.linker).__name__, "c")
         configure(backend)
-        with parallel_modules() if backend == "c" else contextlib.nullcontext():
+        with parallel_modules(backend):
             fn = maker.create(storage)  # C: rebuilds the modules PyTensor's compile dir lost
         fn.trust_input = trust_input
         return fn

@@ -16,11 +16,11 @@ overlap. A module some other process added meanwhile is kept and ours thrown awa
 Anything unexpected (another PyTensor version, an operation without C code) leaves
 the node to PyTensor's own path, so the worst case is the old speed.
 
-:func:`rnnc.compile.function` (C backend) and the loader of rnnc's cache use it. The
-medium LSTM's forward+gradient on 2 cores: cold 11.5-12.1 s -> 7.6-8.1 s from the
-process's start (3 runs each, alternated); a warm process pays for the keys computed
-twice, 0.03-0.05 s of its 1.4-1.5 s. ``RNNC_PARALLEL_COMPILE=0`` switches it off; ``=N``
-sets the number of g++ processes.
+:func:`rnnc.compile.function` (C and "python" backends) and the loader of rnnc's
+cache use it. The medium LSTM's forward+gradient on 2 cores: cold 11.5-12.1 s -> 7.6-8.1
+s from the process's start (3 runs each, alternated); a warm process pays for the keys
+computed twice, 0.03-0.05 s of its 1.4-1.5 s. ``RNNC_PARALLEL_COMPILE=0`` switches it
+off; ``=N`` sets the number of g++ processes.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from rnnc.env import switched_off
 
 __all__ = ["MAX_WORKERS", "build_modules", "parallel_modules", "workers"]
 
@@ -52,7 +54,7 @@ def workers() -> int:
     text = os.environ.get("RNNC_PARALLEL_COMPILE", "")
     if text.strip().isdigit():
         return int(text)
-    if text.strip().lower() in ("off", "false", "no"):
+    if switched_off("RNNC_PARALLEL_COMPILE"):
         return 0
     try:
         cores = len(os.sched_getaffinity(0))
@@ -176,12 +178,13 @@ def build_modules(nodes: list[Any], n_workers: int) -> int:
 
 
 @contextlib.contextmanager
-def parallel_modules() -> Iterator[None]:
-    """Within this block, linking a PyTensor function with the C backend compiles its
-    missing modules in parallel (see the module's docstring)."""
+def parallel_modules(backend: str = "c") -> Iterator[None]:
+    """Within this block, linking a PyTensor function for ``backend`` compiles its
+    missing C modules in parallel (see the module's docstring): for "c", and for
+    "python", whose scans built for C still compile their step with C code."""
     global _depth
     n = workers()
-    if n < 2:
+    if n < 2 or backend not in ("c", "python"):
         yield
         return
     from pytensor.link.vm import VMLinker

@@ -7,7 +7,6 @@ compiles PyTensor graphs with the chosen backend.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from collections.abc import Sequence
@@ -166,7 +165,7 @@ def function(
     cache.configure(backend)
     if backend == "jax":
         cache.reject_truncated_scan_on_jax(outputs)
-    with parallel_modules() if backend in ("c", "python") else contextlib.nullcontext():
+    with parallel_modules(backend):
         return pytensor.function(
             list(inputs),
             outputs,

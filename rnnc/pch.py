@@ -25,6 +25,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from rnnc.env import switched_off
+
 __all__ = ["module_flags", "use_precompiled_header"]
 
 #: The options CLinker gives every module before the compiler's own (PyTensor 3.0).
@@ -55,7 +57,7 @@ def use_precompiled_header() -> Path | None:
     the header as before). ``RNNC_PCH=0`` switches it off."""
     import pytensor
 
-    if os.environ.get("RNNC_PCH", "1") in ("0", "false", "no", "off") or not pytensor.config.cxx:
+    if switched_off("RNNC_PCH") or not pytensor.config.cxx:
         return None
     header = Path(sysconfig.get_path("include")) / "Python.h"
     root = Path(pytensor.config.compiledir) / "rnnc_pch"
