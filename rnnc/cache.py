@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import pch
+from rnnc import jaxsetup, pch
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 
@@ -188,33 +188,6 @@ def configure_jax() -> Path | None:
     return Path(jax.config.jax_compilation_cache_dir)
 
 
-def patch_jax_sum() -> None:
-    """Work around PyTensor 3.0's JAX ``Sum``, which returns its float64 accumulator
-    instead of the float32 result its type promises; inside a scan gradient that
-    breaks ``lax.scan`` (carry dtypes differ) for every parameter broadcast in the
-    loop (a bias). The patch casts the result to the declared dtype."""
-    from pytensor.link.jax.dispatch import jax_funcify
-    from pytensor.tensor.math import Sum
-
-    original = jax_funcify.dispatch(Sum)
-    if getattr(original, "_rnnc_cast", False):
-        return
-
-    def funcify_sum(op: Any, node: Any = None, **kwargs: Any) -> Callable:
-        fn = original(op, node=node, **kwargs)
-        if node is None:
-            return fn
-        dtype = node.outputs[0].dtype
-
-        def sum_cast(*args: Any) -> Any:
-            return fn(*args).astype(dtype)
-
-        return sum_cast
-
-    funcify_sum._rnnc_cast = True  # type: ignore[attr-defined]
-    jax_funcify.register(Sum)(funcify_sum)
-
-
 def reject_truncated_scan_on_jax(outputs: Any) -> None:
     """Raise :class:`~rnnc.errors.OptionError` if a graph for the JAX backend holds a
     scan with a truncated gradient: PyTensor's JAX scan crashes on one that is
@@ -248,7 +221,7 @@ def configure(backend: str) -> None:
         pch.use_precompiled_header()
     elif backend == "jax":
         configure_jax()
-        patch_jax_sum()
+        jaxsetup.setup()
         keep_freed_memory()
 
 

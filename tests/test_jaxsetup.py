@@ -1,0 +1,53 @@
+"""rnnc's setup of PyTensor's JAX backend (rnnc/jaxsetup.py)."""
+
+import numpy as np
+import pytensor.tensor as pt
+import pytest
+
+from rnnc import cache
+from rnnc.compile import function
+
+jax = pytest.importorskip("jax")
+
+
+@pytest.fixture(scope="module")
+def jax_typify():
+    cache.configure("jax")
+    from pytensor.link.jax.dispatch import jax_typify
+
+    return jax_typify
+
+
+@pytest.fixture
+def compile_events():
+    """The names of the XLA compile events JAX reports while the test runs."""
+    events: list[str] = []
+    listening = [True]
+
+    def listener(event: str, seconds: float, **kwargs: object) -> None:
+        if listening[0] and "compile" in event:
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield events
+    listening[0] = False
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "bool"])
+def test_a_constant_becomes_a_jax_array_without_compiling(jax_typify, compile_events, dtype):
+    data = (np.arange(6) % 3).reshape(2, 3).astype(dtype)
+    out = jax_typify(data)
+    assert compile_events == []
+    assert isinstance(out, jax.Array)
+    assert out.dtype == data.dtype  # PyTensor's JAX mode has x64 on
+    np.testing.assert_array_equal(np.asarray(out), data)
+    assert jax_typify(data, dtype="float32").dtype == np.float32
+    assert jax_typify(np.float32(2.5)) == 2.5  # a Python scalar, as PyTensor's own
+
+
+def test_graph_constants_reach_the_result(jax_typify):
+    x = pt.matrix("x", dtype="float64")
+    table = np.array([[1.0, -2.0, 0.5], [3.0, 0.25, -1.0]])
+    fn = function([x], [(x * pt.constant(table)).sum(axis=0)], "jax")
+    value = np.full((2, 3), 2.0)
+    np.testing.assert_allclose(fn(value)[0], (value * table).sum(axis=0))
