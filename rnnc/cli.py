@@ -8,12 +8,13 @@ with its caret and fix, and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
 from rnnc.errors import RnncError
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "console", "main"]
 
 #: Subcommands, in the order ``rnnc --help`` lists them.
 COMMANDS = ["check", "show", "train", "sample", "bench", "doctor"]
@@ -42,5 +43,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console() -> int:
+    """The ``rnnc`` console script: :func:`main`, then a faster exit.
+
+    As Python exits it collects every object still alive; after a command that
+    compiled with JAX that took 0.3 s (``rnnc sample`` 1.37 s, 1.07 s without). Frozen
+    objects (``gc.freeze``) are left out of that collection; ``atexit`` handlers still
+    run and the standard streams are flushed as usual, and rnnc's commands close the
+    files they write.
+    """
+    status = main()
+    gc.freeze()
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())
