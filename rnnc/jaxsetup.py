@@ -1,4 +1,4 @@
-"""PyTensor's JAX backend set up for rnnc: one bug worked around, one cost removed.
+"""PyTensor's JAX backend set up for rnnc: one bug worked around, two costs removed.
 
 :func:`setup` runs once, when rnnc first sets up the JAX backend
 (:func:`rnnc.cache.configure`):
@@ -9,12 +9,19 @@
   every load from rnnc's cache; measured, a second process's load of a cached LSTM
   gradient went from 1.02-1.03 to 0.90-0.95 s). ``jax.device_put`` makes the same
   array (same values, same dtype rules) without compiling anything.
+* **transposed products** (:func:`patch_dot`): the gradient of a product ``x @ W``
+  by ``W`` is ``x.T @ g``. XLA folds the transpose into the product, which then sums
+  over the rows of both operands, a form its fast library (XNNPACK) does not take, so
+  Eigen computes it: ``[1024,3200] x [3200,512]`` in 21 ms against 14 ms for the same
+  product of a transposed copy. An ``optimization_barrier`` on the transposed operand
+  makes XLA copy it first (2-3 ms). Measured, forward+gradient: the custom cell at
+  input size 1024 81.1 -> 78.6 ms, LSTM I=1024 137.3 -> 135.2, I=128 51.9 -> 51.3.
 * **Sum** (:func:`patch_sum`): PyTensor 3.0's JAX ``Sum`` returns its float64
   accumulator instead of the float32 its type promises; inside a scan gradient that
   breaks ``lax.scan`` (carry dtypes differ) for every parameter broadcast in the loop
   (a bias). The patch casts the result to the declared dtype.
 
-Both apply to the whole process, to PyTensor graphs that are not rnnc's too; neither
+Each applies to the whole process, to PyTensor graphs that are not rnnc's too; none
 changes a result.
 """
 
@@ -23,12 +30,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["patch_constants", "patch_sum", "setup"]
+__all__ = ["patch_constants", "patch_dot", "patch_sum", "setup"]
 
 
 def setup() -> None:
     """Everything this module does, in the order it must happen."""
     patch_constants()
+    patch_dot()
     patch_sum()
 
 
@@ -50,25 +58,46 @@ def patch_constants() -> None:
     jax_typify.register(np.ndarray)(typify_ndarray)
 
 
+def patch_dot() -> None:
+    """Copy the transposed left operand of a product before multiplying."""
+    import jax
+    from pytensor.tensor.elemwise import DimShuffle
+    from pytensor.tensor.math import Dot
+
+    def around(fn: Callable, node: Any) -> Callable:
+        source = node.inputs[0].owner
+        if source is None or not isinstance(source.op, DimShuffle):
+            return fn
+        if tuple(source.op.new_order) != (1, 0):
+            return fn
+        return lambda x, y: fn(jax.lax.optimization_barrier(x), y)
+
+    _wrap_dispatch(Dot, around)
+
+
 def patch_sum() -> None:
     """Cast the result of PyTensor's JAX ``Sum`` to the dtype of its output."""
-    from pytensor.link.jax.dispatch import jax_funcify
     from pytensor.tensor.math import Sum
 
-    original = jax_funcify.dispatch(Sum)
+    def around(fn: Callable, node: Any) -> Callable:
+        dtype = node.outputs[0].dtype
+        return lambda *args: fn(*args).astype(dtype)
+
+    _wrap_dispatch(Sum, around)
+
+
+def _wrap_dispatch(op_type: type, around: Callable[[Callable, Any], Callable]) -> None:
+    """Make PyTensor's JAX function for a node of ``op_type`` go through
+    ``around(fn, node)`` (once, however often this is called)."""
+    from pytensor.link.jax.dispatch import jax_funcify
+
+    original = jax_funcify.dispatch(op_type)
     if getattr(original, "_rnnc", False):
         return
 
-    def funcify_sum(op: Any, node: Any = None, **kwargs: Any) -> Callable:
+    def funcify(op: Any, node: Any = None, **kwargs: Any) -> Callable:
         fn = original(op, node=node, **kwargs)
-        if node is None:
-            return fn
-        dtype = node.outputs[0].dtype
+        return fn if node is None else around(fn, node)
 
-        def sum_cast(*args: Any) -> Any:
-            return fn(*args).astype(dtype)
-
-        return sum_cast
-
-    funcify_sum._rnnc = True  # type: ignore[attr-defined]
-    jax_funcify.register(Sum)(funcify_sum)
+    funcify._rnnc = True  # type: ignore[attr-defined]
+    jax_funcify.register(op_type)(funcify)

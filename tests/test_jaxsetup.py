@@ -51,3 +51,23 @@ def test_graph_constants_reach_the_result(jax_typify):
     fn = function([x], [(x * pt.constant(table)).sum(axis=0)], "jax")
     value = np.full((2, 3), 2.0)
     np.testing.assert_allclose(fn(value)[0], (value * table).sum(axis=0))
+
+
+def _lowered(fn, *args) -> str:
+    """The StableHLO text JAX makes of a compiled PyTensor function."""
+    from pytensor.link.jax.dispatch import jax_funcify
+
+    return jax.jit(jax_funcify(fn.maker.fgraph)).lower(*args).as_text()
+
+
+def test_a_product_with_a_transposed_left_operand_copies_it_first(jax_typify):
+    x = pt.matrix("x", dtype="float64")
+    y = pt.matrix("y", dtype="float64")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 3)), rng.standard_normal((5, 4))
+    transposed = function([x, y], [x.T @ y], "jax")
+    np.testing.assert_allclose(transposed(a, b)[0], a.T @ b)
+    assert "optimization_barrier" in _lowered(transposed, a, b)
+    plain = function([x, y], [x @ y.T @ y], "jax")  # the right operand's transpose is fine
+    np.testing.assert_allclose(plain(a[:, :3].T, b.T)[0], a[:, :3].T @ b @ b.T)
+    assert "optimization_barrier" not in _lowered(plain, a[:, :3].T, b.T)
