@@ -12,7 +12,7 @@ down, each keyed so that a changed cell, size or version never reuses a stale en
 * rnnc's own cache of compiled functions (:func:`cached_function`), keyed by the
   cell's text, dimensions, dtype, backend, options and the versions of rnnc, PyTensor
   and NumPy. A hit skips PyTensor's graph rewriting as well as the compilation, and,
-  when the graph is built inside ``build``, the graph too: 0.6 s (C) and 0.9 s (JAX)
+  when the graph is built inside ``build``, the graph too: 0.7 s (C) and 0.9-1.1 s (JAX)
   from a process's start to the end of the first call of an LSTM gradient.
 
 The cache lives in ``$RNNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnc``, else

@@ -6,9 +6,8 @@
 * **constants** (:func:`patch_constants`): PyTensor turns each array constant of a
   graph into a JAX array with ``jnp.array``, which compiles a small XLA program per
   constant (5-10 ms each, 80 ms for the ten of an LSTM gradient, in every compile and
-  every load from rnnc's cache; measured, a second process's load of a cached LSTM
-  gradient went from 1.02-1.03 to 0.90-0.95 s). ``jax.device_put`` makes the same
-  array (same values, same dtype rules) without compiling anything.
+  every load from rnnc's cache). ``jax.device_put`` makes the same array (same values,
+  same dtype rules) without compiling anything.
 * **transposed products** (:func:`patch_dot`): the gradient of a product ``x @ W``
   by ``W`` is ``x.T @ g``. XLA folds the transpose into the product, which then sums
   over the rows of both operands, a form its fast library (XNNPACK) does not take, so
