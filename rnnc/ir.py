@@ -17,7 +17,8 @@ This module imports nothing of rnnc.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -241,3 +242,16 @@ def rebuild(root: Node, fn: Callable[[Node, tuple[Node, ...]], Node], memo: dict
             continue
         memo[node] = fn(node, tuple(memo[a] for a in node.args))
     return memo[root]
+
+
+def consecutive_slices(slices: Iterable[Node]) -> list[Node] | None:
+    """``slices`` (``slice`` nodes of one value) in order, when there are two or more
+    and they cut the value into consecutive pieces from 0 (each starts where the one
+    before stops); else None. Whether they reach the value's end is the caller's
+    question: the size may be symbolic."""
+    pieces = sorted(set(slices), key=lambda s: tuple(s.value))
+    if len(pieces) < 2 or pieces[0].value[0] != 0:
+        return None
+    if any(a.value[1] != b.value[0] for a, b in itertools.pairwise(pieces)):
+        return None
+    return pieces

@@ -13,7 +13,6 @@ on a padded step (mask 0) every state keeps its value and every output is 0.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -181,12 +180,8 @@ def _partitions(roots: list[ir.Node]) -> dict[ir.Node, list[ir.Node]]:
             slices.setdefault(node.args[0], set()).add(node)
     out = {}
     for whole, nodes in slices.items():
-        pieces = sorted(nodes, key=lambda n: tuple(n.value))
-        if (
-            len(pieces) > 1
-            and pieces[0].value[0] == 0
-            and all(a.value[1] == b.value[0] for a, b in itertools.pairwise(pieces))
-        ):
+        pieces = ir.consecutive_slices(nodes)
+        if pieces is not None:
             out[whole] = pieces
     return out
 

@@ -67,11 +67,10 @@ def _partition(
     a: ir.Node, users: Mapping[ir.Node, list[ir.Node]], sizes: Mapping[str, int]
 ) -> list[ir.Node] | None:
     """The slices of ``a`` if they cover it exactly, in order, else None."""
-    slices = sorted({u for u in users.get(a, []) if u.op == "slice"}, key=lambda s: s.value)
-    if len(slices) < 2 or len(a.shape) != 1:
+    if len(a.shape) != 1:
         return None
-    bounds = [0] + [b for s in slices for b in s.value] + [ir.dim_size(a.shape[0], sizes)]
-    if bounds[0::2] != bounds[1::2]:  # each slice starts where the last one stopped
+    slices = ir.consecutive_slices(u for u in users.get(a, []) if u.op == "slice")
+    if slices is None or slices[-1].value[1] != ir.dim_size(a.shape[0], sizes):
         return None
     return slices
 
