@@ -272,11 +272,14 @@ def cached_function(
     shared: Mapping[str, Any] | None = None,
     *,
     complete: bool = False,
+    backend: str | None = None,
 ) -> Any:
     """A compiled function from rnnc's cache, or ``build()`` (then stored).
 
     ``parts`` must name everything the function depends on (cell text, dimensions,
-    dtype, backend, options, the kind of call). ``shared`` maps names to the shared
+    dtype, backend, options, the kind of call); ``backend``, when given, is added to
+    them, and a function for the ``"python"`` backend (FAST_COMPILE: built in no time)
+    is built, never stored. ``shared`` maps names to the shared
     variables the caller owns: a function loaded from disk reads and updates them (by
     name) instead of the copies it was pickled with, so training updates reach the
     caller; shared variables not named there keep the values they were pickled with,
@@ -287,8 +290,9 @@ def cached_function(
     compiled functions and other values (names, say), stored together.
     """
     variables = {v.name: str(v.type) for v in (shared or {}).values()}
-    if not enabled() or len(variables) < len(shared or {}):
+    if not enabled() or backend == "python" or len(variables) < len(shared or {}):
         return build()
+    parts = {**parts, "backend": backend} if backend else parts
     parts = {**parts, "shared": variables} if variables else parts
     path = cache_dir() / "functions" / f"{key_digest(parts)}.pkl"
     if path.exists():

@@ -404,12 +404,14 @@ class SequenceLayer:
         which finds the layer's parameters by name) when the layer says what its
         functions depend on."""
         parts = self._cache_parts()
-        backend = self._backend()
-        if parts is None or backend == "python":
+        if parts is None:
             return self._compile_run(*key)
-        parts = {"layer": parts, "run": repr(key), "backend": backend}
         return cache.cached_function(
-            parts, lambda: self._compile_run(*key), self.params, complete=True
+            {"layer": parts, "run": repr(key)},
+            lambda: self._compile_run(*key),
+            self.params,
+            complete=True,
+            backend=self._backend(),
         )
 
     def _compile_run(

@@ -195,6 +195,26 @@ def test_a_cached_function_updates_the_callers_shared_variables(tmp_path, monkey
     assert count.get_value() == 1.0  # the first variable is not touched
 
 
+def test_cached_function_keys_the_backend_and_never_stores_python(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNC_CACHE_DIR", str(tmp_path))
+    x = pt.dscalar("x")
+    built = []
+
+    def build(factor):
+        built.append(factor)
+        return function([x], factor * x, FAST)
+
+    assert cache.cached_function({"test": "b"}, lambda: build(2), backend="c")(1.0) == 2.0
+    # the same parts for another backend: another entry
+    assert cache.cached_function({"test": "b"}, lambda: build(3), backend="numba")(1.0) == 3.0
+    assert cache.cached_function({"test": "b"}, lambda: build(4), backend="c")(1.0) == 2.0
+    assert built == [2, 3]
+    for _ in range(2):  # "python": built each time, nothing stored
+        assert cache.cached_function({"test": "p"}, lambda: build(5), backend="python")(1.0) == 5.0
+    assert built == [2, 3, 5, 5]
+    assert len(list((tmp_path / "functions").glob("*.pkl"))) == 2
+
+
 LOAD_IN_A_NEW_PROCESS = """
 import sys
 import numpy as np

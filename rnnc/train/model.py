@@ -300,10 +300,10 @@ class LanguageModel:
         key = self._cache_parts()
 
         def cached(part: str, build: Any, shared: dict[str, Any], **more: Any) -> Any:
-            if key is None or backend == "python":
+            if key is None:
                 return build()
-            parts = {"model": key, "part": part, "batch": batch_shape, "backend": backend}
-            return cache.cached_function({**parts, **more}, build, shared, complete=True)
+            parts = {"model": key, "part": part, "batch": batch_shape, **more}
+            return cache.cached_function(parts, build, shared, complete=True, backend=backend)
 
         names = list(self.cell.states)
         flat = lambda st: [s[n] for s in st for n in names]  # noqa: E731
