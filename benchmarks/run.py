@@ -594,6 +594,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cached", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     split = lambda s: [p for p in s.split(",") if p]  # noqa: E731
+    allowed = {
+        "cells": {"lstm", "gru", "mgu"},
+        "sizes": set(SIZES),
+        "backends": {"c", "numba", "jax"},
+        "candidates": {"rnnc", "nosave", "saveall", "off", "hand", "torch", "jax"},
+        "modes": {"forward", "gradient"},
+    }
+    for option, names in allowed.items():
+        unknown = [v for v in split(getattr(args, option)) if v not in names]
+        if unknown:
+            parser.error(
+                f"--{option}: unknown {', '.join(unknown)}; choose from {', '.join(sorted(names))}"
+            )
     if args.compile_child:
         compile_child(args.compile_child, args.cached)
         return 0

@@ -378,3 +378,19 @@ def test_show_optimized_cell_without_dimensions(capsys, tmp_path: Path):
     status, out, _ = _run(capsys, "show", str(path), "--optimized")
     assert status == 0
     assert "in all: 4 FLOPs per step after the passes, 4 as written" in out
+
+
+def test_bench_rejects_an_unknown_mode_before_building_anything(capsys):
+    """``rnnc bench`` passes its options to ``benchmarks/run.py``, which names the choices
+    for a misspelt one instead of failing later inside a candidate."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+    if not script.exists():
+        pytest.skip("no benchmarks/ beside this test")
+    done = subprocess.run(
+        [sys.executable, str(script), "--modes", "fwd+grad", "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "--modes: unknown fwd+grad; choose from forward, gradient" in done.stderr
