@@ -48,6 +48,7 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -60,6 +61,9 @@ RESULTS = HERE / "results.json"
 COMPILE = HERE / "compile.json"
 README = HERE / "README.md"
 START, END = "<!-- rnnc-bench:start -->", "<!-- rnnc-bench:end -->"
+
+# switching oneDNN off for a row (below) also sets a flag for Intel GPUs, with a warning
+warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
 
 #: (batch, time, input, hidden) per size name.
 SIZES = {
@@ -81,6 +85,14 @@ cell mgu(x: [I]) -> (y: [H]):
 '''
 
 GATES = {"lstm": ["i", "f", "g", "o"], "gru": ["r", "z", "n"]}
+
+#: The candidates the ratios are taken to, one per cell.
+REFERENCE = {"torch.nn.LSTM", "torch.nn.GRU", "torch eager loop"}
+
+#: PyTorch runs its CPU LSTM (not its GRU) as one oneDNN primitive per layer and
+#: direction, forward and backward (``aten::mkldnn_rnn_layer``); this extra row runs
+#: the same module with oneDNN switched off, through PyTorch's generic cell.
+ONEDNN_OFF = ", oneDNN off"
 
 
 @dataclass
@@ -205,7 +217,9 @@ def hand_scan(cell: str, values: dict[str, np.ndarray], size: str) -> Callable:
 
 
 # ---------------------------------------------------------------- PyTorch
-def torch_candidate(cell: str, values: dict, torch_state: dict | None, x, r):
+def torch_candidate(
+    cell: str, values: dict, torch_state: dict | None, x, r, onednn: bool = True
+) -> Candidate:
     import torch
 
     torch.set_num_threads(1)
@@ -218,9 +232,10 @@ def torch_candidate(cell: str, values: dict, torch_state: dict | None, x, r):
         params = list(module.parameters())
 
         def run(inp):
-            return module(inp)[0]
+            with torch.backends.mkldnn.flags(enabled=onednn):
+                return module(inp)[0]
 
-        name = f"torch.nn.{cell.upper()}"
+        name = f"torch.nn.{cell.upper()}" + ("" if onednn else ONEDNN_OFF)
     else:
         p = {k: torch.tensor(v, requires_grad=True) for k, v in values.items()}
         params = list(p.values())
@@ -355,6 +370,8 @@ def candidates(cell: str, size: str, backends: list[str], which: set[str], x, r)
     if "torch" in which:
         try:
             out.append(torch_candidate(cell, values, torch_state, x, r))
+            if cell == "lstm":
+                out.append(torch_candidate(cell, values, torch_state, x, r, onednn=False))
         except ImportError:
             pass
     if "jax" in which:
@@ -455,7 +472,7 @@ def render(results: list[dict]) -> str:
                     if not hit:
                         cells.append("")
                         continue
-                    ref = [r for r in rows if r["size"] == s and r["candidate"].startswith("torch")]
+                    ref = [r for r in rows if r["size"] == s and r["candidate"] in REFERENCE]
                     ms = hit[0]["seconds"] * 1e3
                     ratio = f" ({hit[0]['seconds'] / ref[0]['seconds']:.2f}x)" if ref else ""
                     cells.append(f"{ms:.1f}{ratio}")
@@ -629,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
             cands = check_agreement(cands)
             for mode in split(args.modes):
                 medians = time_interleaved(cands, mode, args.repeat)
-                ref = next((v for k, v in medians.items() if k.startswith("torch")), None)
+                ref = next((v for k, v in medians.items() if k in REFERENCE), None)
                 print(f"\n{cell} {size} {mode}")
                 # ratios come from one interleaved run: this run replaces the group
                 group = (cell, size, mode)
