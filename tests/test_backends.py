@@ -369,6 +369,20 @@ def test_doctor_reports_blas_and_caches(capsys):
         assert rows["OpenBLAS kernels"].split()[0].isalnum()  # a core name, as "Haswell"
 
 
+@pytest.mark.parametrize(
+    ("version", "hint"), [("0.6.0", None), ("0.7.0", "pip install 'ml_dtypes<0.7'")]
+)
+def test_doctor_names_the_ml_dtypes_that_slows_importing_jax(monkeypatch, version, hint):
+    import importlib.metadata
+
+    from rnnc.commands import doctor
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version)
+    what, finding, fix = doctor._ml_dtypes()
+    assert (what, fix) == ("ml_dtypes", hint)
+    assert finding.startswith(version) and ("0.7 s" in finding) == (hint is not None)
+
+
 def test_the_precompiled_python_header_is_valid_for_pytensors_modules(tmp_path):
     """g++ takes rnnc's precompiled ``Python.h`` for a file compiled with the options of
     PyTensor's modules (a stale or mismatched one would be skipped silently: this test
