@@ -17,7 +17,9 @@ down, each keyed so that a changed cell, size or version never reuses a stale en
 
 The cache lives in ``$RNNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnc``, else
 ``~/.cache/rnnc``; ``RNNC_CACHE=0`` switches rnnc's own cache off, and its functions
-keep within ``$RNNC_CACHE_MAX_MB`` (1024 MB; the least recently used go first).
+keep within ``$RNNC_CACHE_MAX_MB`` (1024 MB; the least recently used go first). It also
+keeps the result of PyTensor's probe of the CPU for C compiler flags
+(:mod:`rnnc.march`), which every process using the C backend paid 0.23-0.26 s for.
 
 BLAS: PyTensor's C backend links a BLAS through ``pytensor.config.blas__ldflags``.
 A pip install finds none on Debian/Ubuntu even with ``libopenblas-dev`` installed
@@ -41,7 +43,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import jaxsetup, pch
+from rnnc import jaxsetup, march, pch
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 
@@ -218,6 +220,8 @@ def configure(backend: str) -> None:
     if backend in ("c", "python"):
         configure_c()
         keep_freed_memory()
+        if enabled():
+            march.remember_march_flags(cache_dir() / "march")
         pch.use_precompiled_header()
     elif backend == "jax":
         configure_jax()

@@ -1,6 +1,7 @@
 """Every backend gives the reference interpreter's numbers, forward and gradient; and
 what rnnc sets up around the backends: its function cache (in ``layer.run`` too), the
-C compiler's flags and precompiled header, malloc, ``rnnc doctor``.
+C compiler's flags (and the remembered ``-march`` probe) and precompiled header, malloc,
+``rnnc doctor``.
 
 One tiny function per backend, for the optimised GRU with a mask: forward and
 gradient on C and JAX; forward only on Numba, whose cold compilation of a scan
@@ -9,6 +10,7 @@ gradient takes minutes (docs/backends.md).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -381,6 +383,54 @@ def test_doctor_names_the_ml_dtypes_that_slows_importing_jax(monkeypatch, versio
     what, finding, fix = doctor._ml_dtypes()
     assert (what, fix) == ("ml_dtypes", hint)
     assert finding.startswith(version) and ("0.7 s" in finding) == (hint is not None)
+
+
+def test_the_march_probe_is_remembered_and_equals_pytensors_own(monkeypatch, tmp_path):
+    """The flags a later process reads back are those PyTensor's probe found; with them
+    set, PyTensor does not probe again."""
+    from pytensor.link.c.cmodule import GCC_compiler
+
+    from rnnc import march
+
+    if not pytensor.config.cxx or "-march=" in pytensor.config.gcc__cxxflags:
+        pytest.skip("no C++ compiler, or -march chosen by the user")
+    monkeypatch.setattr(GCC_compiler, "march_flags", None)
+    probed = march.remember_march_flags(tmp_path)  # probes, as PyTensor would
+    assert probed and any(f.startswith("-march=") for f in probed)
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]
+
+    monkeypatch.setattr(GCC_compiler, "march_flags", None)  # as in a new process
+    monkeypatch.setattr(GCC_compiler, "compile_args", lambda *a, **k: pytest.fail("probed"))
+    assert march.remember_march_flags(tmp_path) == probed
+    assert GCC_compiler.march_flags == probed
+
+
+def test_a_broken_or_foreign_march_entry_is_probed_again(monkeypatch, tmp_path):
+    from pytensor.link.c.cmodule import GCC_compiler
+
+    from rnnc import march
+
+    if not pytensor.config.cxx or "-march=" in pytensor.config.gcc__cxxflags:
+        pytest.skip("no C++ compiler, or -march chosen by the user")
+    probes = []
+
+    def probe(*args, **kwargs):
+        probes.append(1)
+        GCC_compiler.march_flags = ["-march=probed"]
+
+    monkeypatch.setattr(GCC_compiler, "compile_args", probe)
+    monkeypatch.setattr(GCC_compiler, "march_flags", None)
+    march.remember_march_flags(tmp_path)
+    (entry,) = tmp_path.iterdir()
+    entry.write_text("{not json")
+    monkeypatch.setattr(GCC_compiler, "march_flags", None)
+    assert march.remember_march_flags(tmp_path) == ["-march=probed"]
+    assert json.loads(entry.read_text()) == ["-march=probed"] and len(probes) == 2
+    # another CPU (or compiler) has another entry
+    monkeypatch.setattr(march, "_cpu", lambda: "another CPU")
+    monkeypatch.setattr(GCC_compiler, "march_flags", None)
+    march.remember_march_flags(tmp_path)
+    assert len(probes) == 3 and len(list(tmp_path.iterdir())) == 2
 
 
 def test_the_precompiled_python_header_is_valid_for_pytensors_modules(tmp_path):
