@@ -86,6 +86,17 @@ cell mgu(x: [I]) -> (y: [H]):
 
 GATES = {"lstm": ["i", "f", "g", "o"], "gru": ["r", "z", "n"]}
 
+#: What each option of the command line may name (``--cells lstm,gru``), and the
+#: defaults where they are not every choice.
+CHOICES = {
+    "cells": ["lstm", "gru", "mgu"],  # mgu: the custom cell
+    "sizes": list(SIZES),
+    "backends": ["c", "numba", "jax"],
+    "candidates": ["rnnc", "nosave", "saveall", "off", "hand", "torch", "jax"],
+    "modes": ["forward", "gradient"],
+}
+DEFAULTS = {"backends": ["c", "jax"], "candidates": ["rnnc", "off", "hand", "torch", "jax"]}
+
 #: The candidates the ratios are taken to, one per cell.
 REFERENCE = {"torch.nn.LSTM", "torch.nn.GRU", "torch eager loop"}
 
@@ -593,15 +604,9 @@ def compile_times(backends: list[str]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", default="lstm,gru,mgu", help="lstm, gru, mgu (the custom cell)")
-    parser.add_argument("--sizes", default="small,medium,large", help=", ".join(SIZES))
-    parser.add_argument("--backends", default="c,jax", help="rnnc backends: c, numba, jax")
-    parser.add_argument(
-        "--candidates",
-        default="rnnc,off,hand,torch,jax",
-        help="rnnc, nosave, saveall, off, hand, torch, jax",
-    )
-    parser.add_argument("--modes", default="forward,gradient")
+    for option, names in CHOICES.items():
+        default = ",".join(DEFAULTS.get(option, names))
+        parser.add_argument(f"--{option}", default=default, help=", ".join(names))
     parser.add_argument("--repeat", type=int, default=11, help="timed calls per candidate")
     parser.add_argument("--no-write", action="store_true", help="print only; keep README.md")
     parser.add_argument(
@@ -611,18 +616,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cached", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     split = lambda s: [p for p in s.split(",") if p]  # noqa: E731
-    allowed = {
-        "cells": {"lstm", "gru", "mgu"},
-        "sizes": set(SIZES),
-        "backends": {"c", "numba", "jax"},
-        "candidates": {"rnnc", "nosave", "saveall", "off", "hand", "torch", "jax"},
-        "modes": {"forward", "gradient"},
-    }
-    for option, names in allowed.items():
+    for option, names in CHOICES.items():
         unknown = [v for v in split(getattr(args, option)) if v not in names]
         if unknown:
             parser.error(
-                f"--{option}: unknown {', '.join(unknown)}; choose from {', '.join(sorted(names))}"
+                f"--{option}: unknown {', '.join(unknown)}; choose from {', '.join(names)}"
             )
     if args.compile_child:
         compile_child(args.compile_child, args.cached)
