@@ -37,7 +37,6 @@ import json
 import os
 import pickle
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,6 +45,7 @@ from typing import Any
 from rnnc import jaxsetup, march, pch
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
+from rnnc.files import write_atomically
 
 __all__ = [
     "cache_dir",
@@ -312,11 +312,7 @@ def cached_function(
         data = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # some graphs do not pickle: compile every time
         return fn
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_atomically(path, data)
     trim(path.parent)
     return fn
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
+
+from rnnc.files import write_atomically
 
 __all__ = ["remember_march_flags"]
 
@@ -54,7 +54,10 @@ def remember_march_flags(folder: Path) -> list[str] | None:
     GCC_compiler.compile_args()  # PyTensor's probe
     flags = GCC_compiler.march_flags
     if flags is not None:
-        _write(path, json.dumps(flags))
+        try:
+            write_atomically(path, json.dumps(flags).encode())
+        except OSError:  # an unwritable cache: probe again next time
+            pass
     return flags
 
 
@@ -82,19 +85,3 @@ def _cpu() -> str:
         return f"{platform.machine()} {platform.processor()}"
     keep = ("model name", "flags", "Features", "CPU part", "CPU implementer")
     return "\n".join(line for line in lines if line.split(":")[0].strip() in keep)
-
-
-def _write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so that a
-    concurrent process never reads half of it; a failure leaves nothing behind."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)

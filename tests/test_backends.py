@@ -385,50 +385,69 @@ def test_doctor_names_the_ml_dtypes_that_slows_importing_jax(monkeypatch, versio
     assert finding.startswith(version) and ("0.7 s" in finding) == (hint is not None)
 
 
-def test_the_march_probe_is_remembered_and_equals_pytensors_own(monkeypatch, tmp_path):
-    """The flags a later process reads back are those PyTensor's probe found; with them
-    set, PyTensor does not probe again."""
-    from pytensor.link.c.cmodule import GCC_compiler
+def test_a_file_is_written_whole_or_not_at_all(monkeypatch, tmp_path):
+    from rnnc import files
 
-    from rnnc import march
+    target = tmp_path / "sub" / "entry.pkl"
+    files.write_atomically(target, b"whole")
+    assert target.read_bytes() == b"whole"
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        files.write_atomically(target, b"half")
+    assert target.read_bytes() == b"whole"
+    assert [p.name for p in target.parent.iterdir()] == ["entry.pkl"]  # no temporary left
+
+
+@pytest.fixture
+def gcc():
+    """PyTensor's compiler class, where PyTensor would probe it for ``-march`` flags."""
+    from pytensor.link.c.cmodule import GCC_compiler
 
     if not pytensor.config.cxx or "-march=" in pytensor.config.gcc__cxxflags:
         pytest.skip("no C++ compiler, or -march chosen by the user")
-    monkeypatch.setattr(GCC_compiler, "march_flags", None)
+    return GCC_compiler
+
+
+def test_the_march_probe_is_remembered_and_equals_pytensors_own(gcc, monkeypatch, tmp_path):
+    """The flags a later process reads back are those PyTensor's probe found; with them
+    set, PyTensor does not probe again."""
+    from rnnc import march
+
+    monkeypatch.setattr(gcc, "march_flags", None)
     probed = march.remember_march_flags(tmp_path)  # probes, as PyTensor would
     assert probed and any(f.startswith("-march=") for f in probed)
     assert [p.suffix for p in tmp_path.iterdir()] == [".json"]
 
-    monkeypatch.setattr(GCC_compiler, "march_flags", None)  # as in a new process
-    monkeypatch.setattr(GCC_compiler, "compile_args", lambda *a, **k: pytest.fail("probed"))
+    monkeypatch.setattr(gcc, "march_flags", None)  # as in a new process
+    monkeypatch.setattr(gcc, "compile_args", lambda *a, **k: pytest.fail("probed"))
     assert march.remember_march_flags(tmp_path) == probed
-    assert GCC_compiler.march_flags == probed
+    assert gcc.march_flags == probed
 
 
-def test_a_broken_or_foreign_march_entry_is_probed_again(monkeypatch, tmp_path):
-    from pytensor.link.c.cmodule import GCC_compiler
-
+def test_a_broken_or_foreign_march_entry_is_probed_again(gcc, monkeypatch, tmp_path):
     from rnnc import march
 
-    if not pytensor.config.cxx or "-march=" in pytensor.config.gcc__cxxflags:
-        pytest.skip("no C++ compiler, or -march chosen by the user")
     probes = []
 
     def probe(*args, **kwargs):
         probes.append(1)
-        GCC_compiler.march_flags = ["-march=probed"]
+        gcc.march_flags = ["-march=probed"]
 
-    monkeypatch.setattr(GCC_compiler, "compile_args", probe)
-    monkeypatch.setattr(GCC_compiler, "march_flags", None)
+    monkeypatch.setattr(gcc, "compile_args", probe)
+    monkeypatch.setattr(gcc, "march_flags", None)
     march.remember_march_flags(tmp_path)
     (entry,) = tmp_path.iterdir()
     entry.write_text("{not json")
-    monkeypatch.setattr(GCC_compiler, "march_flags", None)
+    monkeypatch.setattr(gcc, "march_flags", None)
     assert march.remember_march_flags(tmp_path) == ["-march=probed"]
     assert json.loads(entry.read_text()) == ["-march=probed"] and len(probes) == 2
     # another CPU (or compiler) has another entry
     monkeypatch.setattr(march, "_cpu", lambda: "another CPU")
-    monkeypatch.setattr(GCC_compiler, "march_flags", None)
+    monkeypatch.setattr(gcc, "march_flags", None)
     march.remember_march_flags(tmp_path)
     assert len(probes) == 3 and len(list(tmp_path.iterdir())) == 2
 

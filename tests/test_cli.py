@@ -380,7 +380,7 @@ def test_show_optimized_cell_without_dimensions(capsys, tmp_path: Path):
     assert "in all: 4 FLOPs per step after the passes, 4 as written" in out
 
 
-def test_bench_rejects_an_unknown_mode_before_building_anything(capsys):
+def test_bench_rejects_an_unknown_mode_before_building_anything():
     """``rnnc bench`` passes its options to ``benchmarks/run.py``, which names the choices
     for a misspelt one instead of failing later inside a candidate."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
