@@ -14,7 +14,9 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
+from pathlib import Path
 
 import numpy as np
 import pytensor
@@ -452,6 +454,22 @@ def test_a_broken_or_foreign_march_entry_is_probed_again(gcc, monkeypatch, tmp_p
     assert len(probes) == 3 and len(list(tmp_path.iterdir())) == 2
 
 
+def test_the_header_is_made_in_the_background_and_a_failed_one_leaves_nothing(tmp_path):
+    from rnnc import pch
+
+    if not pytensor.config.cxx:
+        pytest.skip("no C++ compiler")
+    header = Path(sysconfig.get_path("include")) / "Python.h"
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    assert pch._start(good, header, pch.module_flags())
+    assert pch._start(good, header, pch.module_flags())  # already under way: once
+    assert pch._start(bad, header, ["--no-such-option"])
+    assert not (good / "Python.h.gch").exists()  # g++ writes to a temporary name
+    pch.ready()
+    assert (good / "Python.h.gch").is_file() and not (bad / "Python.h.gch").exists()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 def test_the_precompiled_python_header_is_valid_for_pytensors_modules(tmp_path):
     """g++ takes rnnc's precompiled ``Python.h`` for a file compiled with the options of
     PyTensor's modules (a stale or mismatched one would be skipped silently: this test
@@ -463,6 +481,7 @@ def test_the_precompiled_python_header_is_valid_for_pytensors_modules(tmp_path):
         pytest.skip("no C++ compiler")
     cache.configure("c")
     folder = pch.use_precompiled_header()
+    pch.ready()
     assert folder is not None and f"-I{folder}" in pytensor.config.gcc__cxxflags.split()
     source = tmp_path / "mod.cpp"
     source.write_text(
