@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import jaxsetup, march, pch
+from rnnc import jaxsetup, march, pch, simd
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 from rnnc.files import write_atomically
@@ -136,6 +136,7 @@ def configure_c() -> None:
     import pytensor
 
     configure_blas()
+    simd.register()
     flags = pytensor.config.gcc__cxxflags
     if not any(f.startswith("-g") for f in flags.split()):
         pytensor.config.gcc__cxxflags = f"{flags} -g0".strip()

@@ -1,0 +1,98 @@
+"""Elementwise work as vector loops in the C backend (rnnc.simd)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.graph.fg import FunctionGraph
+from pytensor.link.c.basic import CLinker
+from pytensor.tensor.elemwise import Elemwise
+
+from rnnc import simd
+from rnnc.compile import function
+
+pytestmark = pytest.mark.skipif(not simd.available(), reason="no g++ and libmvec here")
+
+
+def _ops(fn) -> set[type]:
+    return {type(node.op) for node in fn.maker.fgraph.toposort()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_fused_elementwise_gives_numpys_values_on_every_layout(dtype):
+    """Inputs as rows one step apart (a column block of a wider matrix), copied (a
+    transposed matrix), contiguous; outputs several."""
+    wide = pt.matrix("wide", dtype=dtype)
+    t = pt.matrix("t", dtype=dtype)
+    a, b = wide[:, :7], wide[:, 7:]
+    c = t.T
+    out1 = pt.sigmoid(a) * pt.exp(-b) + pt.log(c * c + 1)
+    out2 = pt.tanh(a + c) - b
+    fn = function([wide, t], [out1, out2], "c")
+    assert simd.VectorElemwise in _ops(fn) and Elemwise not in _ops(fn)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 14)).astype(dtype)
+    tv = rng.normal(size=(7, 5)).astype(dtype)
+    av, bv, cv = w[:, :7], w[:, 7:], tv.T
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    got1, got2 = fn(w, tv)
+    np.testing.assert_allclose(
+        got1, 1 / (1 + np.exp(-av)) * np.exp(-bv) + np.log(cv * cv + 1), rtol=tol
+    )
+    np.testing.assert_allclose(got2, np.tanh(av + cv) - bv, rtol=tol, atol=tol)
+
+
+def test_three_dimensional_inputs_with_gaps_are_copied_first():
+    x = pt.tensor3("x", dtype="float64")
+    y = pt.exp(x[:, ::2, :]) * x[:, 1::2, :]
+    fn = function([x], y, "c")
+    assert simd.VectorElemwise in _ops(fn)
+    xv = np.random.default_rng(1).normal(size=(3, 4, 5))
+    np.testing.assert_allclose(fn(xv), np.exp(xv[:, ::2]) * xv[:, 1::2], rtol=1e-13)
+
+
+def test_broadcasting_and_mixed_dtypes_stay_with_pytensor():
+    x = pt.matrix("x", dtype="float32")
+    bias = pt.vector("bias", dtype="float32")
+    fn = function([x, bias], pt.exp(x + bias), "c")
+    assert simd.VectorElemwise not in _ops(fn)
+    mask = pt.matrix("mask", dtype="int8")
+    fn = function([x, mask], pt.switch(mask, pt.exp(x), x), "c")
+    assert simd.VectorElemwise not in _ops(fn)
+
+
+def test_rnnc_simd_0_switches_it_off(monkeypatch):
+    monkeypatch.setenv("RNNC_SIMD", "0")
+    x = pt.matrix("x", dtype="float64")
+    fn = function([x], pt.exp(x) * 2, "c")
+    assert simd.VectorElemwise not in _ops(fn)
+    np.testing.assert_allclose(fn(np.ones((2, 2))), 2 * np.e * np.ones((2, 2)))
+
+
+def test_unequal_shapes_are_an_error_not_a_crash():
+    x = pt.matrix("x", dtype="float64")
+    y = pt.matrix("y", dtype="float64")
+    fn = function([x, y], pt.exp(x) + y, "c")
+    assert simd.VectorElemwise in _ops(fn)
+    with pytest.raises(ValueError):
+        fn(np.ones((2, 3)), np.ones((3, 2)))
+
+
+def test_the_loop_calls_the_vector_exp():
+    """g++ takes a loop in PyTensor's generated function for a cold path and does not
+    vectorise it; the loop is a function of its own so that it does: the module must
+    call one of libmvec's vector ``expf`` (``_ZGV...v_expf``)."""
+    x = pt.matrix("x", dtype="float32")
+    node = simd.VectorElemwise(pt.exp(x).owner.op.scalar_op).make_node(x)
+    module = CLinker().accept(FunctionGraph([x], node.outputs)).compile_cmodule()
+    with open(module.__file__, "rb") as f:
+        assert b"v_expf" in f.read()
+
+
+def test_python_code_for_the_op_too():
+    x = pt.matrix("x", dtype="float64")
+    y = simd.VectorElemwise(pt.exp(x).owner.op.scalar_op)(x)
+    fn = pytensor.function([x], y, mode="FAST_COMPILE")
+    np.testing.assert_allclose(fn(np.ones((2, 3))), np.full((2, 3), np.e))
