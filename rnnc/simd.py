@@ -16,8 +16,8 @@ is within glibc's 4 ulp for ``libmvec``, against 1 for scalar ``expf``).
 :func:`register` adds the rewrite :func:`local_vector_elemwise` to PyTensor's
 ``fast_run`` rewrites for C (tag ``cxx_only``: not for JAX or Numba), after elementwise
 fusion and before the in-place rewrites. It replaces an ``Elemwise`` whose inputs and
-outputs share one float dtype and one broadcast pattern (no input is broadcast), so
-that a flat loop over the elements is exact. It is on where ``libmvec`` and g++ are
+outputs share one float dtype and whose inputs have the outputs' shape or are one row
+repeated (a bias), so that a loop over rows of elements is exact. It is on where ``libmvec`` and g++ are
 there (glibc on x86-64); ``RNNC_SIMD=0`` switches it off.
 """
 
@@ -87,8 +87,10 @@ def available() -> bool:
 
 
 class VectorElemwise(COp):
-    """``Elemwise(scalar_op)`` for inputs and outputs of one shape and float dtype,
-    computed by one vectorisable loop over the elements."""
+    """``Elemwise(scalar_op)`` for inputs and outputs of one float dtype, computed by
+    one vectorisable loop over rows of elements. Every input has the outputs' shape,
+    or is one row repeated for all rows (a bias: broadcast along all axes but the
+    last)."""
 
     __props__ = ("scalar_op",)
 
@@ -104,7 +106,7 @@ class VectorElemwise(COp):
         self.elemwise.perform(self.elemwise.make_node(*node.inputs), inputs, output_storage)
 
     def infer_shape(self, fgraph: Any, node: Any, shapes: Any) -> Any:
-        return [shapes[0]] * len(node.outputs)
+        return [shapes[_row_inputs(node).index(False)]] * len(node.outputs)
 
     def _scalar_node(self, node: Any) -> Apply:
         return Apply(
@@ -125,13 +127,13 @@ class VectorElemwise(COp):
     def c_support_code(self, **kwargs: Any) -> str:
         return SIMD_DECLARATIONS + ROWS + self.scalar_op.c_support_code(**kwargs)
 
-    def _body(self, node: Any, name: str, fail: str = NO_FAIL) -> tuple[list[str], list[str], str]:
+    def _body(self, node: Any, name: str) -> tuple[list[str], list[str], str]:
         """The scalar operation's C code for one element: its input and output names,
         and the code."""
         elem_in = [f"{name}_in{k}" for k in range(len(node.inputs))]
         elem_out = [f"{name}_out{k}" for k in range(len(node.outputs))]
         body = self.scalar_op.c_code(
-            self._scalar_node(node), f"{name}_scalar_", elem_in, elem_out, {"fail": fail}
+            self._scalar_node(node), f"{name}_scalar_", elem_in, elem_out, {"fail": NO_FAIL}
         )
         return elem_in, elem_out, body
 
@@ -165,7 +167,7 @@ class VectorElemwise(COp):
 
     def c_code_cache_version_apply(self, node: Any) -> tuple:
         inner = self.scalar_op.c_code_cache_version_apply(self._scalar_node(node))
-        return (3, inner) if inner else ()
+        return (4, inner) if inner else ()
 
     def c_code(self, node: Any, name: str, inames: Any, onames: Any, sub: Any) -> str:
         dtype = node.inputs[0].type.dtype
@@ -175,13 +177,16 @@ class VectorElemwise(COp):
         nin = len(inames)
         free = f"for (int j = 0; j < {nin}; j++) Py_XDECREF({name}_a[j]);"
         fail = f"{{ {free} {sub['fail']} }}"
+        rows = _row_inputs(node)
+        first = rows.index(False)  # an input with the outputs' shape
         code = [
             f"PyArrayObject* {name}_a[{nin}] = {{0}};",
             f"npy_intp {name}_rs[{nin}];  // the step between rows, in elements",
             "{",
         ]
         # every array as rows of its last axis (one step between rows, elements next
-        # to each other in a row); an input that is not is copied
+        # to each other in a row); an input that is not is copied; a row repeated for
+        # all rows (a bias) has the step 0
         for k, iname in enumerate(inames):
             code.append(
                 f"{name}_a[{k}] = {iname}; Py_INCREF({iname});"
@@ -191,13 +196,23 @@ class VectorElemwise(COp):
                 f"  if (!{name}_a[{k}]) {fail}"
                 f"  rnnc_rows({name}_a[{k}], &{name}_rs[{k}]); }}"
             )
-            if k:
-                code.append(
-                    f"if (!PyArray_SAMESHAPE({name}_a[{k}], {name}_a[0])) {{"
-                    f'PyErr_SetString(PyExc_ValueError, "VectorElemwise: input shapes differ");'
-                    f"{free} {sub['fail']} }}"
+        for k in range(nin):
+            if rows[k]:
+                same = (
+                    f"PyArray_DIMS({name}_a[{k}])[{ndim - 1}] == "
+                    f"PyArray_DIMS({name}_a[{first}])[{ndim - 1}]"
                 )
-        code.append(f"npy_intp* {name}_dims = PyArray_DIMS({name}_a[0]);")
+                code.append(f"{name}_rs[{k}] = 0;")
+            elif k != first:
+                same = f"PyArray_SAMESHAPE({name}_a[{k}], {name}_a[{first}])"
+            else:
+                continue
+            code.append(
+                f"if (!({same})) {{"
+                f'PyErr_SetString(PyExc_ValueError, "VectorElemwise: input shapes differ");'
+                f"{free} {sub['fail']} }}"
+            )
+        code.append(f"npy_intp* {name}_dims = PyArray_DIMS({name}_a[{first}]);")
         for oname in onames:
             code.append(
                 f"if (!{oname} || !PyArray_IS_C_CONTIGUOUS({oname}) "
@@ -208,40 +223,59 @@ class VectorElemwise(COp):
                 f"  if (!{oname}) {fail} }}"
             )
         cols = f"{name}_dims[{ndim - 1}]"
-        args = [f"{cols} ? PyArray_SIZE({name}_a[0]) / {cols} : 0", cols]
+        args = [f"{cols} ? PyArray_SIZE({name}_a[{first}]) / {cols} : 0", cols]
         args += [f"({ctype}*)PyArray_DATA({name}_a[{k}]), {name}_rs[{k}]" for k in range(nin)]
         args += [f"({ctype}*)PyArray_DATA({o})" for o in onames]
         code += [f"{name}_loop({', '.join(args)});", free, "}"]
         return "\n".join(code)
 
 
+def _row_inputs(node: Any) -> list[bool] | None:
+    """Per input of ``node``, whether it is one row repeated for all rows (broadcast
+    along every axis but the last, which it shares: a bias); None if an input is
+    broadcast otherwise, or if no input has the output's shape."""
+    out = node.outputs[0].type.broadcastable
+    rows = []
+    for v in node.inputs:
+        pattern = v.type.broadcastable
+        if pattern == out:
+            rows.append(False)
+        elif pattern[-1] == out[-1] and all(pattern[:-1]):
+            rows.append(True)
+        else:
+            return None
+    return rows if not all(rows) else None
+
+
 def _replaceable(node: Any) -> bool:
-    """An ``Elemwise`` whose inputs and outputs share one float dtype and broadcast
-    pattern, with C code for its scalar operation."""
+    """An ``Elemwise`` whose inputs and outputs share one float dtype and whose inputs
+    have the output's shape or are rows repeated (:func:`_row_inputs`), with C code
+    for its scalar operation."""
     if type(node.op) is not Elemwise or not node.inputs:
         return False
     out = node.outputs[0].type
     if out.dtype not in ("float32", "float64") or out.ndim == 0:
         return False
     variables = [*node.inputs, *node.outputs]
-    if any(
-        getattr(v.type, "dtype", None) != out.dtype
-        or getattr(v.type, "broadcastable", None) != out.broadcastable
-        for v in variables
-    ):
+    if any(getattr(v.type, "dtype", None) != out.dtype for v in variables):
+        return False
+    if any(v.type.broadcastable != out.broadcastable for v in node.outputs):
+        return False
+    if _row_inputs(node) is None:
         return False
     op = VectorElemwise(node.op.scalar_op)
     try:  # a scalar operation without C code, or whose code can fail, stays with PyTensor
         if not op.c_code_cache_version_apply(node) or NO_FAIL in op._body(node, "probe")[2]:
             return False
-    except (NotImplementedError, TypeError, AttributeError):
+    except Exception:  # whatever it is, PyTensor's own code does the work
         return False
     return True
 
 
 @node_rewriter([Elemwise])
 def local_vector_elemwise(fgraph: Any, node: Any) -> Any:
-    """Replace a same-shape float ``Elemwise`` by :class:`VectorElemwise`."""
+    """Replace a float ``Elemwise`` without broadcasting (but for repeated rows) by
+    :class:`VectorElemwise`."""
     if switched_off("RNNC_SIMD") or not _replaceable(node):
         return None
     return VectorElemwise(node.op.scalar_op)(*node.inputs, return_list=True)

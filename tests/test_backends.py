@@ -369,6 +369,9 @@ def test_doctor_reports_blas_and_caches(capsys):
 
     rows = dict((what, finding) for what, finding, _ in doctor.diagnose())
     assert {"C backend BLAS", "rnnc cache", "default backend", "C modules built"} <= set(rows)
+    from rnnc import simd
+
+    assert ("vector loops" in rows["C elementwise loops"]) == simd.available()
     if "openblas" in rows["C backend BLAS"] and rows["system OpenBLAS"] != "not found":
         assert rows["OpenBLAS kernels"].split()[0].isalnum()  # a core name, as "Haswell"
 

@@ -12,8 +12,12 @@ from pytensor.tensor.elemwise import Elemwise
 
 from rnnc import simd
 from rnnc.compile import function
+from rnnc.env import switched_off
 
-pytestmark = pytest.mark.skipif(not simd.available(), reason="no g++ and libmvec here")
+pytestmark = pytest.mark.skipif(
+    not simd.available() or switched_off("RNNC_SIMD"),
+    reason="no g++ and libmvec here, or RNNC_SIMD=0",
+)
 
 
 def _ops(fn) -> set[type]:
@@ -53,10 +57,26 @@ def test_three_dimensional_inputs_with_gaps_are_copied_first():
     np.testing.assert_allclose(fn(xv), np.exp(xv[:, ::2]) * xv[:, 1::2], rtol=1e-13)
 
 
-def test_broadcasting_and_mixed_dtypes_stay_with_pytensor():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_bias_repeated_for_every_row_is_read_in_place(dtype):
+    x = pt.tensor3("x", dtype=dtype)
+    bias = pt.vector("bias", dtype=dtype)
+    fn = function([x, bias], pt.sigmoid(x * 2 + bias), "c")
+    assert simd.VectorElemwise in _ops(fn)
+    rng = np.random.default_rng(2)
+    xv = rng.normal(size=(3, 4, 5)).astype(dtype)
+    bv = rng.normal(size=10).astype(dtype)[::2]  # elements apart: copied first
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(fn(xv, bv), 1 / (1 + np.exp(-(xv * 2 + bv))), rtol=tol)
+
+
+def test_other_broadcasting_and_mixed_dtypes_stay_with_pytensor():
     x = pt.matrix("x", dtype="float32")
-    bias = pt.vector("bias", dtype="float32")
-    fn = function([x, bias], pt.exp(x + bias), "c")
+    column = pt.matrix("column", dtype="float32", shape=(None, 1))
+    fn = function([x, column], pt.exp(x + column), "c")
+    assert simd.VectorElemwise not in _ops(fn)
+    cube = pt.tensor3("cube", dtype="float32")
+    fn = function([cube, x], pt.exp(cube) * x[None, :, :], "c")  # repeated along axis 0 only
     assert simd.VectorElemwise not in _ops(fn)
     mask = pt.matrix("mask", dtype="int8")
     fn = function([x, mask], pt.switch(mask, pt.exp(x), x), "c")

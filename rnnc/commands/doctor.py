@@ -85,6 +85,22 @@ def _parallel_compile() -> tuple[str, str, str | None]:
     return ("C modules built", f"{n} at a time (RNNC_PARALLEL_COMPILE to change)", None)
 
 
+def _vector_loops() -> tuple[str, str, str | None]:
+    """Whether the C backend's elementwise work runs as vector loops (``rnnc.simd``)."""
+    from rnnc import simd
+    from rnnc.env import switched_off
+
+    if switched_off("RNNC_SIMD"):
+        return ("C elementwise loops", "PyTensor's (RNNC_SIMD=0)", None)
+    if not simd.available():
+        return (
+            "C elementwise loops",
+            "PyTensor's (no g++ with glibc's libmvec on x86-64 here)",
+            "rnnc's vector loops need g++ and glibc's libmvec (Linux, x86-64)",
+        )
+    return ("C elementwise loops", "rnnc's vector loops (libmvec)", None)
+
+
 def _compile_dir(path: Path) -> tuple[str, str, str | None]:
     """PyTensor's compile dir and the number of C modules in it: PyTensor reads the key
     of every one when a process first compiles for C (2,172 modules: 2.2 s)."""
@@ -123,6 +139,7 @@ def diagnose() -> list[tuple[str, str, str | None]]:
         ),
         _compile_dir(Path(pytensor.config.compiledir)),
         _parallel_compile(),
+        _vector_loops(),
     ]
     user = cache.user_blas_flags()
     openblas = cache.find_openblas()
