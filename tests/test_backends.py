@@ -359,9 +359,15 @@ def test_shared_variables_of_one_name_are_never_cached(tmp_path, monkeypatch):
     assert len(built) == 2 and not (tmp_path / "functions").exists()
 
 
-def test_key_digest_depends_on_every_part():
+def test_key_digest_depends_on_every_part(monkeypatch):
     assert cache.key_digest({"a": 1}) == cache.key_digest({"a": 1})
     assert cache.key_digest({"a": 1}) != cache.key_digest({"a": 2})
+    from rnnc import simd
+
+    if simd.available():  # other C code without the vector loops: another entry
+        on = cache.key_digest({"a": 1})
+        monkeypatch.setenv("RNNC_SIMD", "0")
+        assert cache.key_digest({"a": 1}) != on
 
 
 def test_doctor_reports_blas_and_caches(capsys):
