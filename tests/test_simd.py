@@ -111,6 +111,34 @@ def test_the_loop_calls_the_vector_exp():
         assert b"v_expf" in f.read()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_function_of_the_cell_language_vectorises_right(dtype):
+    """``softplus`` (``exp``, ``log1p``, branches), ``pow``, ``sqrt``, ``abs``,
+    PyTensor's ``tanh``: NumPy's values, and vector calls where this glibc has them."""
+    x = pt.matrix("x", dtype=dtype)
+    y = pt.matrix("y", dtype=dtype)
+    out = pt.softplus(x) + pt.abs(x) ** y + pt.tanh(x) + pt.log1p(x * x) + pt.sqrt(pt.abs(y))
+    fn = function([x, y], out, "c")
+    assert simd.VectorElemwise in _ops(fn)
+    rng = np.random.default_rng(3)
+    xv, yv = (rng.normal(size=(4, 33)).astype(dtype) for _ in range(2))
+    expected = (
+        np.log1p(np.exp(xv))
+        + np.abs(xv) ** yv
+        + np.tanh(xv)
+        + np.log1p(xv * xv)
+        + np.sqrt(np.abs(yv))
+    )
+    np.testing.assert_allclose(fn(xv, yv), expected, rtol=1e-5 if dtype == "float32" else 1e-13)
+    if "log1p" in simd.declarations():
+        [node] = [n for n in fn.maker.fgraph.toposort() if isinstance(n.op, simd.VectorElemwise)]
+        fgraph = FunctionGraph(node.inputs, node.outputs, clone=True)
+        with open(CLinker().accept(fgraph).compile_cmodule().__file__, "rb") as f:
+            code = f.read()
+        suffix = "f" if dtype == "float32" else ""
+        assert f"vv_pow{suffix}".encode() in code and f"v_log1p{suffix}".encode() in code
+
+
 def test_python_code_for_the_op_too():
     x = pt.matrix("x", dtype="float64")
     y = simd.VectorElemwise(pt.exp(x).owner.op.scalar_op)(x)
