@@ -216,14 +216,12 @@ class _Pool:
         if job is not None:
             self._finish([job])
 
-    def close(self) -> int:
-        """Finish every module (those nobody asked for too); returns how many were
-        added to PyTensor's cache."""
+    def close(self) -> None:
+        """Finish every module (those nobody asked for too)."""
         try:
             self._finish(list(self.jobs.values()))
         finally:
             self.executor.shutdown(wait=True)
-        return sum(job.built and job.done for job in self.jobs.values())
 
     def abort(self) -> None:
         """Stop (Ctrl-C, an error): wait for the g++ processes that run, and remove
@@ -328,11 +326,12 @@ def parallel_modules(backend: str = "c") -> Iterator[None]:
         failed = True
         raise
     finally:
+        finished = None
         with _patch_lock:
             _depth -= 1
             if _depth == 0:
                 VMLinker.make_all = VMLinker.make_all.__wrapped__  # type: ignore[attr-defined]
                 ModuleCache.module_from_key = ModuleCache.module_from_key.__wrapped__  # type: ignore[attr-defined]
-                pool, _pool = _pool, None
-                if pool is not None:
-                    pool.abort() if failed else pool.close()
+                finished, _pool = _pool, None
+        if finished is not None:  # its g++ processes are waited for outside the lock
+            finished.abort() if failed else finished.close()
