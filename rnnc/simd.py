@@ -16,9 +16,10 @@ step's gates 38 instead of 272 us; results differ within ``libmvec``'s 4 ulp (sc
 
 :func:`register` adds the rewrite :func:`local_vector_elemwise` to PyTensor's
 ``fast_run`` rewrites for C (tag ``cxx_only``: not for JAX or Numba), after elementwise
-fusion and before the in-place rewrites. It replaces an ``Elemwise`` whose inputs and
-outputs share one float dtype and whose inputs have the outputs' shape or are one row
-repeated (a bias), so that a loop over rows of elements is exact. It is on where g++
+fusion and before the in-place rewrites. It replaces an ``Elemwise`` whose outputs
+share one float dtype and whose inputs (numbers of any dtype) have the outputs' shape,
+are one row repeated (a bias), one value per row (a mask of examples) or one value,
+so that a loop over rows of elements is exact. It is on where g++
 and glibc's ``libmvec`` are (:func:`available`); ``RNNC_SIMD=0`` switches it off.
 See docs/backends.md for the figures.
 """
@@ -73,6 +74,9 @@ def declarations() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The dtypes an input may have (a mask may be bool or int8; outputs are float).
+NUMERIC = {"bool", "int8", "int16", "int32", "int64", "uint8", "float32", "float64"}
+
 #: What the scalar code is given to jump to on an error: never there in code accepted.
 NO_FAIL = "RNNC_SCALAR_CODE_CANNOT_FAIL"
 
@@ -119,10 +123,10 @@ def available() -> bool:
 
 
 class VectorElemwise(COp):
-    """``Elemwise(scalar_op)`` for inputs and outputs of one float dtype, computed by
-    one vectorisable loop over rows of elements. Every input has the outputs' shape,
-    or is one row repeated for all rows (a bias: broadcast along all axes but the
-    last)."""
+    """``Elemwise(scalar_op)`` with outputs of one float dtype, computed by one
+    vectorisable loop over rows of elements; each input is laid over the rows in one of
+    the ways of :func:`_kinds` (the outputs' shape, a repeated row, one value per row,
+    one value)."""
 
     __props__ = ("scalar_op",)
 
@@ -138,7 +142,7 @@ class VectorElemwise(COp):
         self.elemwise.perform(self.elemwise.make_node(*node.inputs), inputs, output_storage)
 
     def infer_shape(self, fgraph: Any, node: Any, shapes: Any) -> Any:
-        return [shapes[_row_inputs(node).index(False)]] * len(node.outputs)
+        return [shapes[_kinds(node).index(FULL)]] * len(node.outputs)
 
     def _scalar_node(self, node: Any) -> Apply:
         return Apply(
@@ -173,20 +177,27 @@ class VectorElemwise(COp):
         """The scalar operation's support code, and the loop over rows of elements as
         a function of its own: in PyTensor's generated function g++ would take the loop
         for a cold path (its many error branches) and not vectorise it."""
-        ctype = f"npy_{node.inputs[0].type.dtype}"
+        ctype = f"npy_{node.outputs[0].type.dtype}"
+        itypes = [f"npy_{v.type.dtype}" for v in node.inputs]
+        kinds = _kinds(node)
         nin, nout = len(node.inputs), len(node.outputs)
         elem_in, elem_out, body = self._body(node, name)
         params = ["npy_intp rows", "npy_intp cols"]
-        params += [f"const {ctype}* p{k}, npy_intp rs{k}" for k in range(nin)]
+        params += [f"const {t}* p{k}, npy_intp rs{k}" for k, t in enumerate(itypes)]
         params += [f"{ctype}* q{k}" for k in range(nout)]
+        per_row = [k for k in range(nin) if kinds[k] in (COLUMN, SCALAR)]
         code = [
             f"__attribute__((noinline)) static void {name}_loop({', '.join(params)}) {{",
             "for (npy_intp r = 0; r < rows; r++) {",
-            *(f"const {ctype}* a{k} = p{k} + r * rs{k};" for k in range(nin)),
+            *(f"const {itypes[k]}* a{k} = p{k} + r * rs{k};" for k in range(nin)),
+            *(f"const {itypes[k]} v{k} = a{k}[0];" for k in per_row),
             *(f"{ctype}* b{k} = q{k} + r * cols;" for k in range(nout)),
             "#pragma GCC ivdep",
             "for (npy_intp i = 0; i < cols; i++) {",
-            *(f"const {ctype} {e} = a{k}[i];" for k, e in enumerate(elem_in)),
+            *(
+                f"const {itypes[k]} {e} = {f'v{k}' if k in per_row else f'a{k}[i]'};"
+                for k, e in enumerate(elem_in)
+            ),
             *(f"{ctype} {e};" for e in elem_out),
             f"{{ {body} }}",
             *(f"b{k}[i] = {e};" for k, e in enumerate(elem_out)),
@@ -199,26 +210,25 @@ class VectorElemwise(COp):
 
     def c_code_cache_version_apply(self, node: Any) -> tuple:
         inner = self.scalar_op.c_code_cache_version_apply(self._scalar_node(node))
-        return (5, declarations(), inner) if inner else ()
+        return (6, declarations(), inner) if inner else ()
 
     def c_code(self, node: Any, name: str, inames: Any, onames: Any, sub: Any) -> str:
-        dtype = node.inputs[0].type.dtype
-        ctype = f"npy_{dtype}"
+        dtype = node.outputs[0].type.dtype
         typenum = np.dtype(dtype).num
         ndim = node.outputs[0].type.ndim
         nin = len(inames)
         free = f"for (int j = 0; j < {nin}; j++) Py_XDECREF({name}_a[j]);"
         fail = f"{{ {free} {sub['fail']} }}"
-        rows = _row_inputs(node)
-        first = rows.index(False)  # an input with the outputs' shape
+        kinds = _kinds(node)
+        first = kinds.index(FULL)  # an input with the outputs' shape
         code = [
             f"PyArrayObject* {name}_a[{nin}] = {{0}};",
             f"npy_intp {name}_rs[{nin}];  // the step between rows, in elements",
             "{",
         ]
         # every array as rows of its last axis (one step between rows, elements next
-        # to each other in a row); an input that is not is copied; a row repeated for
-        # all rows (a bias) has the step 0
+        # to each other in a row); an input that is not is copied; one repeated for
+        # every row (a bias, a single value) has the step 0
         for k, iname in enumerate(inames):
             code.append(
                 f"{name}_a[{k}] = {iname}; Py_INCREF({iname});"
@@ -228,17 +238,22 @@ class VectorElemwise(COp):
                 f"  if (!{name}_a[{k}]) {fail}"
                 f"  rnnc_rows({name}_a[{k}], &{name}_rs[{k}]); }}"
             )
+        dims = f"PyArray_DIMS({name}_a[{first}])"
         for k in range(nin):
-            if rows[k]:
-                same = (
-                    f"PyArray_DIMS({name}_a[{k}])[{ndim - 1}] == "
-                    f"PyArray_DIMS({name}_a[{first}])[{ndim - 1}]"
-                )
-                code.append(f"{name}_rs[{k}] = 0;")
-            elif k != first:
+            mine = f"PyArray_DIMS({name}_a[{k}])"
+            if kinds[k] == FULL:
+                if k == first:
+                    continue
                 same = f"PyArray_SAMESHAPE({name}_a[{k}], {name}_a[{first}])"
+            elif kinds[k] == ROW:
+                same = f"{mine}[{ndim - 1}] == {dims}[{ndim - 1}]"
+            elif kinds[k] == COLUMN:
+                same = " && ".join(f"{mine}[{d}] == {dims}[{d}]" for d in range(ndim - 1))
+                same = f"{mine}[{ndim - 1}] == 1" + (f" && {same}" if same else "")
             else:
-                continue
+                same = f"PyArray_SIZE({name}_a[{k}]) == 1"
+            if kinds[k] in (ROW, SCALAR):
+                code.append(f"{name}_rs[{k}] = 0;")
             code.append(
                 f"if (!({same})) {{"
                 f'PyErr_SetString(PyExc_ValueError, "VectorElemwise: input shapes differ");'
@@ -256,44 +271,58 @@ class VectorElemwise(COp):
             )
         cols = f"{name}_dims[{ndim - 1}]"
         args = [f"{cols} ? PyArray_SIZE({name}_a[{first}]) / {cols} : 0", cols]
-        args += [f"({ctype}*)PyArray_DATA({name}_a[{k}]), {name}_rs[{k}]" for k in range(nin)]
-        args += [f"({ctype}*)PyArray_DATA({o})" for o in onames]
+        args += [
+            f"(npy_{v.type.dtype}*)PyArray_DATA({name}_a[{k}]), {name}_rs[{k}]"
+            for k, v in enumerate(node.inputs)
+        ]
+        args += [f"(npy_{dtype}*)PyArray_DATA({o})" for o in onames]
         code += [f"{name}_loop({', '.join(args)});", free, "}"]
         return "\n".join(code)
 
 
-def _row_inputs(node: Any) -> list[bool] | None:
-    """Per input of ``node``, whether it is one row repeated for all rows (broadcast
-    along every axis but the last, which it shares: a bias); None if an input is
-    broadcast otherwise, or if no input has the output's shape."""
+#: How an input is laid over the outputs' rows of elements: the outputs' shape
+#: (``FULL``), one row repeated for every row (``ROW``: a bias), one value per row
+#: (``COLUMN``: a mask of examples), one value for all (``SCALAR``).
+FULL, ROW, COLUMN, SCALAR = "full", "row", "column", "scalar"
+
+
+def _kinds(node: Any) -> list[str] | None:
+    """The kind of every input of ``node`` (see :data:`FULL`), or None if one is
+    broadcast otherwise, or if none has the outputs' shape."""
     out = node.outputs[0].type.broadcastable
-    rows = []
+    kinds = []
     for v in node.inputs:
         pattern = v.type.broadcastable
+        outer, last = pattern[:-1], pattern[-1]
         if pattern == out:
-            rows.append(False)
-        elif pattern[-1] == out[-1] and all(pattern[:-1]):
-            rows.append(True)
+            kinds.append(FULL)
+        elif all(pattern):
+            kinds.append(SCALAR)
+        elif last == out[-1] and all(outer):
+            kinds.append(ROW)
+        elif last and outer == out[:-1]:
+            kinds.append(COLUMN)
         else:
             return None
-    return rows if not all(rows) else None
+    return kinds if FULL in kinds else None
 
 
 def _replaceable(node: Any) -> bool:
-    """An ``Elemwise`` whose inputs and outputs share one float dtype and whose inputs
-    have the output's shape or are rows repeated (:func:`_row_inputs`), with C code
-    for its scalar operation."""
+    """An ``Elemwise`` whose outputs share one float dtype and shape, whose inputs are
+    numbers laid over them in one of the ways of :func:`_kinds`, with C code for its
+    scalar operation."""
     if type(node.op) is not Elemwise or not node.inputs:
         return False
     out = node.outputs[0].type
     if out.dtype not in ("float32", "float64") or out.ndim == 0:
         return False
-    variables = [*node.inputs, *node.outputs]
-    if any(getattr(v.type, "dtype", None) != out.dtype for v in variables):
+    if any(
+        v.type.dtype != out.dtype or v.type.broadcastable != out.broadcastable for v in node.outputs
+    ):
         return False
-    if any(v.type.broadcastable != out.broadcastable for v in node.outputs):
+    if any(getattr(v.type, "dtype", None) not in NUMERIC for v in node.inputs):
         return False
-    if _row_inputs(node) is None:
+    if _kinds(node) is None:
         return False
     op = VectorElemwise(node.op.scalar_op)
     try:  # a scalar operation without C code, or whose code can fail, stays with PyTensor
@@ -306,7 +335,7 @@ def _replaceable(node: Any) -> bool:
 
 @node_rewriter([Elemwise])
 def local_vector_elemwise(fgraph: Any, node: Any) -> Any:
-    """Replace a float ``Elemwise`` without broadcasting (but for repeated rows) by
+    """Replace an ``Elemwise`` that :func:`_replaceable` accepts by
     :class:`VectorElemwise`."""
     if switched_off("RNNC_SIMD") or not _replaceable(node):
         return None

@@ -70,17 +70,35 @@ def test_a_bias_repeated_for_every_row_is_read_in_place(dtype):
     np.testing.assert_allclose(fn(xv, bv), 1 / (1 + np.exp(-(xv * 2 + bv))), rtol=tol)
 
 
-def test_other_broadcasting_and_mixed_dtypes_stay_with_pytensor():
+@pytest.mark.parametrize("mask_dtype", ["bool", "int8", "float64"])
+def test_a_mask_per_example_and_a_single_value_are_read_once_per_row(mask_dtype):
+    """``switch(mask[:, None], new, old)``, as a masked step does, and a 0-d input."""
+    x = pt.tensor3("x", dtype="float64")
+    old = pt.tensor3("old", dtype="float64")
+    mask = pt.matrix("mask", dtype=mask_dtype)
+    scale = pt.scalar("scale", dtype="float64")
+    y = pt.switch(mask[:, :, None], pt.exp(x) * scale, old)
+    fn = function([x, old, mask, scale], y, "c")
+    assert simd.VectorElemwise in _ops(fn)
+    rng = np.random.default_rng(4)
+    xv, ov = rng.normal(size=(2, 6, 5)), rng.normal(size=(2, 6, 5))
+    mv = (rng.random(size=(2, 6)) > 0.5).astype(mask_dtype)
+    got = fn(xv, ov, mv, 1.5)
+    np.testing.assert_allclose(got, np.where(mv[:, :, None], np.exp(xv) * 1.5, ov), rtol=1e-13)
+    with pytest.raises(ValueError):  # a mask of another batch
+        fn(xv, ov, mv[:1], 1.5)
+
+
+def test_other_broadcasting_and_other_outputs_stay_with_pytensor():
     x = pt.matrix("x", dtype="float32")
-    column = pt.matrix("column", dtype="float32", shape=(None, 1))
-    fn = function([x, column], pt.exp(x + column), "c")
-    assert simd.VectorElemwise not in _ops(fn)
     cube = pt.tensor3("cube", dtype="float32")
     fn = function([cube, x], pt.exp(cube) * x[None, :, :], "c")  # repeated along axis 0 only
     assert simd.VectorElemwise not in _ops(fn)
-    mask = pt.matrix("mask", dtype="int8")
-    fn = function([x, mask], pt.switch(mask, pt.exp(x), x), "c")
-    assert simd.VectorElemwise not in _ops(fn)
+    fn = function([x], [pt.exp(x), x > 0], "c")  # a bool output
+    assert all(
+        not isinstance(n.op, simd.VectorElemwise) or n.outputs[0].dtype == "float32"
+        for n in fn.maker.fgraph.toposort()
+    )
 
 
 def test_rnnc_simd_0_switches_it_off(monkeypatch):
