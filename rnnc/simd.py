@@ -21,6 +21,8 @@ share one float dtype and whose inputs (numbers of any dtype) have the outputs' 
 are one row repeated (a bias), one value per row (a mask of examples) or one value,
 so that a loop over rows of elements is exact. It is on where g++
 and glibc's ``libmvec`` are (:func:`available`); ``RNNC_SIMD=0`` switches it off.
+Registered when rnnc sets up the C backend, it applies to every C function the process
+compiles from then on.
 See docs/backends.md for the figures.
 """
 
