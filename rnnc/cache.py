@@ -262,7 +262,7 @@ def _versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "python": sys.version.split()[0],
         "blas": str(pytensor.config.blas__ldflags),
-        "vector loops": simd.register(),  # RNNC_SIMD=0 compiles other C code
+        "vector loops": simd.in_use(),  # RNNC_SIMD=0 compiles other C code
     }
 
 

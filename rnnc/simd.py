@@ -43,7 +43,7 @@ from pytensor.tensor.elemwise import Elemwise
 
 from rnnc.env import switched_off
 
-__all__ = ["VectorElemwise", "available", "local_vector_elemwise", "register"]
+__all__ = ["VectorElemwise", "available", "in_use", "local_vector_elemwise", "register"]
 
 #: The C library's functions that glibc's libmvec has vector versions of, by the glibc
 #: release that added them (float and double each).
@@ -309,39 +309,44 @@ def _kinds(node: Any) -> list[str] | None:
     return kinds if FULL in kinds else None
 
 
-def _replaceable(node: Any) -> bool:
-    """An ``Elemwise`` whose outputs share one float dtype and shape, whose inputs are
-    numbers laid over them in one of the ways of :func:`_kinds`, with C code for its
-    scalar operation."""
+def _replacement(node: Any) -> VectorElemwise | None:
+    """The :class:`VectorElemwise` for an ``Elemwise`` whose outputs share one float
+    dtype and shape, whose inputs are numbers laid over them in one of the ways of
+    :func:`_kinds`, with C code for its scalar operation; None for any other node."""
     if type(node.op) is not Elemwise or not node.inputs:
-        return False
+        return None
     out = node.outputs[0].type
     if out.dtype not in ("float32", "float64") or out.ndim == 0:
-        return False
+        return None
     if any(
         v.type.dtype != out.dtype or v.type.broadcastable != out.broadcastable for v in node.outputs
     ):
-        return False
+        return None
     if any(getattr(v.type, "dtype", None) not in NUMERIC for v in node.inputs):
-        return False
+        return None
     if _kinds(node) is None:
-        return False
+        return None
     op = VectorElemwise(node.op.scalar_op)
     try:  # a scalar operation without C code, or whose code can fail, stays with PyTensor
         if not op.c_code_cache_version_apply(node) or NO_FAIL in op._body(node, "probe")[2]:
-            return False
+            return None
     except Exception:  # whatever it is, PyTensor's own code does the work
-        return False
-    return True
+        return None
+    return op
 
 
 @node_rewriter([Elemwise])
 def local_vector_elemwise(fgraph: Any, node: Any) -> Any:
-    """Replace an ``Elemwise`` that :func:`_replaceable` accepts by
+    """Replace an ``Elemwise`` that :func:`_replacement` accepts by
     :class:`VectorElemwise`."""
-    if switched_off("RNNC_SIMD") or not _replaceable(node):
-        return None
-    return VectorElemwise(node.op.scalar_op)(*node.inputs, return_list=True)
+    op = _replacement(node) if in_use() else None
+    return None if op is None else op(*node.inputs, return_list=True)
+
+
+def in_use() -> bool:
+    """Whether the vector loops are on: they can be built here (:func:`available`)
+    and ``RNNC_SIMD`` does not switch them off."""
+    return not switched_off("RNNC_SIMD") and available()
 
 
 _registered = False
@@ -349,9 +354,9 @@ _registered = False
 
 def register() -> bool:
     """Add :func:`local_vector_elemwise` to PyTensor's C rewrites (once); returns
-    whether it is in use."""
+    whether it is in use (:func:`in_use`)."""
     global _registered
-    if switched_off("RNNC_SIMD") or not available():
+    if not in_use():
         return False
     if not _registered:
         from pytensor.compile.mode import optdb

@@ -12,10 +12,9 @@ from pytensor.tensor.elemwise import Elemwise
 
 from rnnc import simd
 from rnnc.compile import function
-from rnnc.env import switched_off
 
 pytestmark = pytest.mark.skipif(
-    not simd.available() or switched_off("RNNC_SIMD"),
+    not simd.in_use(),
     reason="no g++ and libmvec here, or RNNC_SIMD=0",
 )
 
