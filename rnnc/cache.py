@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import jaxsetup, layout, march, pch, simd
+from rnnc import cscan, jaxsetup, march, pch, simd
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 from rnnc.files import write_atomically
@@ -137,7 +137,7 @@ def configure_c() -> None:
 
     configure_blas()
     simd.register()
-    layout.register()
+    cscan.register()
     flags = pytensor.config.gcc__cxxflags
     if not any(f.startswith("-g") for f in flags.split()):
         pytensor.config.gcc__cxxflags = f"{flags} -g0".strip()

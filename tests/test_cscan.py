@@ -1,4 +1,4 @@
-"""Loop-invariant matrices of a C scan copied into row-major order (rnnc.layout)."""
+"""rnnc.cscan: row-major loop invariants and sums updated in place, in C scans."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from pytensor.compile.mode import Mode
 from pytensor.scan.op import Scan
 from pytensor.tensor.extra_ops import CpuContiguous
 
-from rnnc import cache, layout
+from rnnc import cache, cscan
 from rnnc.compile import function
 
 
 def _rnn_and_gradient():
-    """``h_t = tanh(x_t + h_{t-1} @ W + b)``: the backward loop multiplies by ``W.T``."""
+    """``h_t = tanh(x_t + h_{t-1} @ W + b)``: the backward loop multiplies by ``W.T``
+    and sums the gradients of ``W`` and ``b`` over the steps."""
     x = pt.tensor3("x", dtype="float64")
     w = pt.matrix("w", dtype="float64")
     b = pt.vector("b", dtype="float64")
@@ -31,12 +32,15 @@ def _rnn_and_gradient():
     return [x, w, b], [hs, *pytensor.grad(cost, [x, w, b])]
 
 
+def _scans(fn) -> list:
+    return [node for node in fn.maker.fgraph.toposort() if isinstance(node.op, Scan)]
+
+
 def _copied_invariants(fn) -> list:
     """The scans' non-sequences that are CpuContiguous outputs."""
     return [
         var
-        for node in fn.maker.fgraph.toposort()
-        if isinstance(node.op, Scan)
+        for node in _scans(fn)
         for var in node.op.outer_non_seqs(node.inputs)
         if var.owner is not None and isinstance(var.owner.op, CpuContiguous)
     ]
@@ -47,7 +51,7 @@ def compiled():
     inputs, outputs = _rnn_and_gradient()
     cache.configure("c")
     plain = Mode(linker="cvm", optimizer="fast_run").excluding(
-        "scan_pushout_add", "rnnc_contiguous_invariants"
+        "scan_pushout_add", "rnnc_scan_for_c"
     )
     return (
         function(inputs, outputs, "c"),
@@ -58,14 +62,29 @@ def compiled():
 def test_the_backward_loop_gets_the_transposed_weight_as_a_row_major_copy(compiled):
     rewritten, plain = compiled
     (copied,) = _copied_invariants(rewritten)
-    assert layout._transposed(copied.owner.inputs[0])
+    assert cscan._transposed(copied.owner.inputs[0])
     assert _copied_invariants(plain) == []
 
 
-def test_the_copy_changes_no_value(compiled):
+def test_the_weight_gradient_sums_become_untraced_states(compiled):
     rewritten, plain = compiled
-    rng = np.random.default_rng(0)
-    args = rng.normal(size=(6, 3, 4)), rng.normal(size=(4, 4)) / 2, rng.normal(size=4)
+    (grad_scan,) = [s for s in _scans(rewritten) if s.op.info.n_mit_mot]
+    assert grad_scan.op.info.n_untraced_sit_sot == 2  # dW and db
+    assert grad_scan.op.info.n_sit_sot == 0
+    assert {s.op.info.n_untraced_sit_sot for s in _scans(plain)} == {0}
+
+
+def test_a_state_whose_every_step_is_used_keeps_its_trace(compiled):
+    rewritten, _ = compiled
+    (forward,) = [s for s in _scans(rewritten) if not s.op.info.n_mit_mot]
+    assert forward.op.info.n_sit_sot == 1 and forward.op.info.n_untraced_sit_sot == 0
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7])
+def test_the_rewrites_change_no_value(compiled, steps):
+    rewritten, plain = compiled
+    rng = np.random.default_rng(steps)
+    args = rng.normal(size=(steps, 3, 4)), rng.normal(size=(4, 4)) / 2, rng.normal(size=4)
     for got, want in zip(rewritten(*args), plain(*args), strict=True):
         np.testing.assert_array_equal(got, want)
 
@@ -73,11 +92,11 @@ def test_the_copy_changes_no_value(compiled):
 def test_only_axes_put_in_another_order_count_as_transposed():
     m = pt.matrix("m")
     v = pt.vector("v")
-    assert layout._transposed(m.T)
-    assert layout._transposed(pt.tensor3("t").dimshuffle(0, "x", 2, 1))
-    assert not layout._transposed(m)
-    assert not layout._transposed(v.dimshuffle("x", 0))
-    assert not layout._transposed(m.dimshuffle(0, "x", 1))
+    assert cscan._transposed(m.T)
+    assert cscan._transposed(pt.tensor3("t").dimshuffle(0, "x", 2, 1))
+    assert not cscan._transposed(m)
+    assert not cscan._transposed(v.dimshuffle("x", 0))
+    assert not cscan._transposed(m.dimshuffle(0, "x", 1))
 
 
 def test_the_jax_backend_keeps_its_own_layouts():
