@@ -1,8 +1,15 @@
-"""PyTensor's JAX backend set up for rnnc: one bug worked around, two costs removed.
+"""PyTensor's JAX backend set up for rnnc: one bug worked around, three costs removed.
 
 :func:`setup` runs once, when rnnc first sets up the JAX backend
 (:func:`rnnc.cache.configure`):
 
+* **sparse arrays** (:func:`defer_sparse`): PyTensor's JAX dispatch imports
+  ``jax.experimental.sparse`` for sparse constants, which rnnc's graphs never have.
+  rnnc puts a stand-in in ``sys.modules`` that imports the module when something
+  first reads from it. Importing PyTensor's JAX dispatch, which every JAX process
+  does (a second process that loads a cached LSTM gradient: about 1.06 s in all),
+  took 0.126-0.143 s and takes 0.092-0.103 s (six runs each, 2026-12-04). Most of
+  what remains is ``scipy.sparse`` (0.086 s), which the dispatch imports too.
 * **constants** (:func:`patch_constants`): PyTensor turns each array constant of a
   graph into a JAX array with ``jnp.array``, which compiles a small XLA program per
   constant (5-10 ms each, 80 ms for the ten of an LSTM gradient, in every compile and
@@ -27,16 +34,58 @@ changes a result.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-__all__ = ["patch_constants", "patch_dot", "patch_sum", "setup"]
+__all__ = ["defer_sparse", "patch_constants", "patch_dot", "patch_sum", "setup"]
+
+_SPARSE = "jax.experimental.sparse"
 
 
 def setup() -> None:
     """Everything this module does, in the order it must happen."""
+    defer_sparse()
     patch_constants()
     patch_dot()
     patch_sum()
+
+
+class _Deferred(ModuleType):
+    """A module that stands in for another until something reads an attribute it
+    lacks; it then imports the real one and takes over its attributes.
+
+    (``importlib.util.LazyLoader`` does not do here: Python 3.11's ``import a.b.c``
+    reads ``__spec__`` of a module it finds, which makes a lazy module load.)
+    """
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+        import sys
+
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        module = importlib.import_module(name)
+        self.__dict__.update(module.__dict__)
+        return getattr(module, attr)
+
+
+def defer_sparse() -> None:
+    """Put a stand-in for ``jax.experimental.sparse`` (:class:`_Deferred`) in
+    ``sys.modules``, unless the module is imported already."""
+    import importlib.util
+    import sys
+
+    if _SPARSE in sys.modules:
+        return
+    spec = importlib.util.find_spec(_SPARSE)
+    if spec is None:
+        return
+    module = _Deferred(_SPARSE)
+    module.__spec__ = spec
+    sys.modules[_SPARSE] = module
+    parent, _, child = _SPARSE.rpartition(".")
+    setattr(sys.modules[parent], child, module)
 
 
 def patch_constants() -> None:

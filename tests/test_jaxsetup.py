@@ -71,3 +71,32 @@ def test_a_product_with_a_transposed_left_operand_copies_it_first(jax_typify):
     plain = function([x, y], [x @ y.T], "jax")  # a transposed right operand is left alone
     np.testing.assert_allclose(plain(a, c)[0], a @ c.T)
     assert "optimization_barrier" not in _lowered(plain, a, c)
+
+
+_SPARSE_IN_A_NEW_PROCESS = """
+import sys
+import numpy as np
+import pytensor.tensor as pt
+from rnnc.compile import function
+
+x = pt.vector("x", dtype="float32")
+print(float(function([x], pt.exp(x).sum(), "jax")(np.zeros(3, "float32"))))
+print("jax.experimental.sparse.bcoo" in sys.modules)
+import jax.experimental.sparse as jsp
+print(jsp.BCOO.__name__, "jax.experimental.sparse.bcoo" in sys.modules)
+from jax.experimental import sparse
+print(sparse.BCOO is jsp.BCOO, sys.modules["jax.experimental.sparse"].BCOO is jsp.BCOO)
+"""
+
+
+def test_jax_sparse_is_imported_only_when_something_reads_from_it():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _SPARSE_IN_A_NEW_PROCESS],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    assert out[:4] == ["3.0", "False", "BCOO True", "True True"]
