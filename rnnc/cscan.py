@@ -94,13 +94,14 @@ def local_untraced_sums(fgraph, node: Apply):
     if info.as_while or not info.n_sit_sot:
         return None
     first = 1 + info.n_seqs + info.n_mit_mot + info.n_mit_sot
-    outputs = node.op.outer_sitsot_outs(node.outputs)
     inputs = list(node.inputs)
-    for k, out in enumerate(outputs):
+    changed = False
+    for k, out in enumerate(node.op.outer_sitsot_outs(node.outputs)):
         if _only_last_used(fgraph, out):
             buffer = inputs[first + k]
             inputs[first + k] = specify_shape(buffer[:1], (1, *buffer.type.shape[1:]))
-    if inputs == node.inputs:
+            changed = True
+    if not changed:
         return None
     narrowed = node.op.make_node(*inputs)
     replaced = scan_sit_sot_to_untraced.transform(fgraph, narrowed)

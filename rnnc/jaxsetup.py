@@ -7,7 +7,7 @@
   ``jax.experimental.sparse`` for sparse constants, which rnnc's graphs never have.
   rnnc puts a stand-in in ``sys.modules`` that imports the module when something
   first reads from it. Importing PyTensor's JAX dispatch, which every JAX process
-  does (a second process that loads a cached LSTM gradient: about 1.06 s in all),
+  does (a second process that loads a cached LSTM gradient: 1.0-1.1 s in all),
   took 0.126-0.143 s and takes 0.092-0.103 s (six runs each, 2026-12-04). Most of
   what remains is ``scipy.sparse`` (0.086 s), which the dispatch imports too.
 * **constants** (:func:`patch_constants`): PyTensor turns each array constant of a
