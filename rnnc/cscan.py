@@ -105,6 +105,8 @@ def local_untraced_sums(fgraph, node: Apply):
         return None
     narrowed = node.op.make_node(*inputs)
     replaced = scan_sit_sot_to_untraced.transform(fgraph, narrowed)
+    if not replaced:  # PyTensor declined: keep the scan as it was
+        return None
     return [replaced[out] for out in narrowed.outputs]
 
 
