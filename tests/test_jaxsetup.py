@@ -73,6 +73,34 @@ def test_a_product_with_a_transposed_left_operand_copies_it_first(jax_typify):
     assert "optimization_barrier" not in _lowered(plain, a, c)
 
 
+@pytest.mark.parametrize("reversed_in_time", [True, False])
+def test_a_scan_over_sequences_reversed_in_time_walks_them_from_the_end(
+    jax_typify, reversed_in_time
+):
+    """``x[::-1]`` and ``1 - x[::-1]``: ``lax.scan(reverse=True)`` over them turned back,
+    with the outputs in the order of the steps; ``x`` as it is: a plain scan."""
+    import pytensor
+    from pytensor.link.jax.dispatch import jax_funcify
+
+    x = pt.matrix("x", dtype="float64")
+    seq = x[::-1] if reversed_in_time else x
+    hs = pytensor.scan(
+        lambda a, b, h: pt.tanh(a + 0.5 * b * h),
+        sequences=[seq, 1 - seq],
+        outputs_info=[pt.zeros(x.shape[1], dtype="float64")],
+        return_updates=False,
+    )
+    fn = function([x], [hs], "jax")
+    xv = np.random.default_rng(3).normal(size=(5, 3))
+    h, want = np.zeros(3), []
+    for a in xv[::-1] if reversed_in_time else xv:
+        h = np.tanh(a + 0.5 * (1 - a) * h)
+        want.append(h)
+    np.testing.assert_allclose(fn(xv)[0], want, rtol=1e-12)
+    jaxpr = str(jax.make_jaxpr(jax_funcify(fn.maker.fgraph))(xv))
+    assert ("reverse=True" in jaxpr) == reversed_in_time
+
+
 _SPARSE_IN_A_NEW_PROCESS = """
 import sys
 import numpy as np
