@@ -192,7 +192,6 @@ def _reversed(var: Any) -> bool:
     """Whether ``var`` is ``x[::-1]`` (a negative step along the first axis) or an
     elementwise function of such values (constants and values broadcast along the
     first axis aside)."""
-    import numpy as np
     from pytensor.graph.basic import Constant
     from pytensor.tensor.elemwise import Elemwise
     from pytensor.tensor.subtensor import Subtensor, get_idx_list
@@ -203,8 +202,9 @@ def _reversed(var: Any) -> bool:
     if isinstance(owner.op, Subtensor):
         first = get_idx_list(owner.inputs, owner.op.idx_list)[0]
         step = first.step if isinstance(first, slice) else None
-        step = step.data if isinstance(step, Constant) else step
-        return isinstance(step, int | np.integer) and step < 0
+        if isinstance(step, Constant):
+            step = int(step.data)
+        return isinstance(step, int) and step < 0
     if isinstance(owner.op, Elemwise):
         along = [i for i in owner.inputs if i.ndim == var.ndim and i.type.shape[0] != 1]
         return bool(along) and all(_reversed(i) for i in along)

@@ -101,6 +101,18 @@ def test_a_scan_over_sequences_reversed_in_time_walks_them_from_the_end(
     assert ("reverse=True" in jaxpr) == reversed_in_time
 
 
+def test_what_counts_as_reversed_in_time():
+    from rnnc.jaxsetup import _reversed
+
+    x = pt.tensor3("x")
+    y = pt.tensor3("y")
+    b = pt.tensor3("b", shape=(1, None, None))
+    assert _reversed(x[::-1]) and _reversed(x[5::-2])
+    assert _reversed(1 - x[::-1]) and _reversed(pt.tanh(x[::-1] * b))
+    assert not _reversed(x) and not _reversed(x[::2]) and not _reversed(x[:, ::-1])
+    assert not _reversed(x[::-1] + y) and not _reversed(x.T)
+
+
 _SPARSE_IN_A_NEW_PROCESS = """
 import sys
 import numpy as np
