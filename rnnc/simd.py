@@ -22,7 +22,9 @@ are one row repeated (a bias), one value per row (a mask of examples) or one val
 so that a loop over rows of elements is exact. It is on where g++
 and glibc's ``libmvec`` are (:func:`available`); ``RNNC_SIMD=0`` switches it off.
 Registered when rnnc sets up the C backend, it applies to every C function the process
-compiles from then on.
+compiles from then on. :func:`local_joined_outputs` has the loop write outputs that are
+only joined along the last axis straight into the joined array (an LSTM's backward
+step joins its four gate gradients), instead of each into its own.
 See docs/backends.md for the figures.
 """
 
@@ -35,15 +37,23 @@ import subprocess
 from typing import Any
 
 import numpy as np
-from pytensor.graph.basic import Apply
+from pytensor.graph.basic import Apply, Constant
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.link.c.op import COp
 from pytensor.scalar import get_scalar_type
+from pytensor.tensor.basic import Join
 from pytensor.tensor.elemwise import Elemwise
 
 from rnnc.env import switched_off
 
-__all__ = ["VectorElemwise", "available", "in_use", "local_vector_elemwise", "register"]
+__all__ = [
+    "VectorElemwise",
+    "available",
+    "in_use",
+    "local_joined_outputs",
+    "local_vector_elemwise",
+    "register",
+]
 
 #: The C library's functions that glibc's libmvec has vector versions of, by the glibc
 #: release that added them (float and double each).
@@ -130,27 +140,53 @@ class VectorElemwise(COp):
     the ways of :func:`_kinds` (the outputs' shape, a repeated row, one value per row,
     one value)."""
 
-    __props__ = ("scalar_op",)
+    __props__ = ("scalar_op", "joined")
 
-    def __init__(self, scalar_op: Any) -> None:
+    def __init__(self, scalar_op: Any, joined: tuple[int, ...] = ()) -> None:
         self.scalar_op = scalar_op
+        self.joined = tuple(joined)
         self.elemwise = Elemwise(scalar_op)
 
     def make_node(self, *inputs: Any) -> Apply:
         node = self.elemwise.make_node(*inputs)
-        return Apply(self, node.inputs, [o.type() for o in node.outputs])
+        types = [o.type for o in node.outputs]
+        if self.joined:
+            rest = [t for k, t in enumerate(types) if k not in self.joined]
+            *lead, last = types[0].shape
+            wide = None if last is None else last * len(self.joined)
+            types = [types[0].clone(shape=(*lead, wide)), *rest]
+        return Apply(self, node.inputs, [t() for t in types])
 
     def perform(self, node: Any, inputs: Any, output_storage: Any) -> None:
-        self.elemwise.perform(self.elemwise.make_node(*node.inputs), inputs, output_storage)
+        elemwise = self.elemwise.make_node(*node.inputs)
+        storage = [[None] for _ in elemwise.outputs]
+        self.elemwise.perform(elemwise, inputs, storage)
+        values = [s[0] for s in storage]
+        if self.joined:
+            rest = [v for k, v in enumerate(values) if k not in self.joined]
+            values = [np.concatenate([values[k] for k in self.joined], axis=-1), *rest]
+        for out, value in zip(output_storage, values, strict=True):
+            out[0] = value
 
     def infer_shape(self, fgraph: Any, node: Any, shapes: Any) -> Any:
-        return [shapes[_kinds(node).index(FULL)]] * len(node.outputs)
+        full = shapes[_kinds(node).index(FULL)]
+        if not self.joined:
+            return [full] * len(node.outputs)
+        wide = (*full[:-1], full[-1] * len(self.joined))
+        return [wide] + [full] * (len(node.outputs) - 1)
+
+    def _order(self, node: Any) -> list[int]:
+        """The scalar operation's outputs in the order of the node's: the joined ones
+        first (one output), then the others."""
+        n = len(self.elemwise.make_node(*node.inputs).outputs)
+        return [*self.joined, *(k for k in range(n) if k not in self.joined)]
 
     def _scalar_node(self, node: Any) -> Apply:
+        dtype = node.outputs[0].type.dtype
         return Apply(
             self.scalar_op,
             [get_scalar_type(dtype=i.type.dtype).make_variable() for i in node.inputs],
-            [get_scalar_type(dtype=o.type.dtype).make_variable() for o in node.outputs],
+            [get_scalar_type(dtype=dtype).make_variable() for _ in self._order(node)],
         )
 
     def c_headers(self, **kwargs: Any) -> list[str]:
@@ -169,7 +205,7 @@ class VectorElemwise(COp):
         """The scalar operation's C code for one element: its input and output names,
         and the code."""
         elem_in = [f"{name}_in{k}" for k in range(len(node.inputs))]
-        elem_out = [f"{name}_out{k}" for k in range(len(node.outputs))]
+        elem_out = [f"{name}_out{k}" for k in range(len(self._order(node)))]
         body = self.scalar_op.c_code(
             self._scalar_node(node), f"{name}_scalar_", elem_in, elem_out, {"fail": NO_FAIL}
         )
@@ -188,12 +224,18 @@ class VectorElemwise(COp):
         params += [f"const {t}* p{k}, npy_intp rs{k}" for k, t in enumerate(itypes)]
         params += [f"{ctype}* q{k}" for k in range(nout)]
         per_row = [k for k in range(nin) if kinds[k] in (COLUMN, SCALAR)]
+        # where the scalar operation's output k goes in row r: its own output, or its
+        # block of columns in the joined one (output 0)
+        n = len(self.joined)
+        rest = self._order(node)[n:]
+        rows_of = {k: f"q0 + r * {n} * cols + {j} * cols" for j, k in enumerate(self.joined)}
+        rows_of |= {k: f"q{j} + r * cols" for j, k in enumerate(rest, 1 if n else 0)}
         code = [
             f"__attribute__((noinline)) static void {name}_loop({', '.join(params)}) {{",
             "for (npy_intp r = 0; r < rows; r++) {",
             *(f"const {itypes[k]}* a{k} = p{k} + r * rs{k};" for k in range(nin)),
             *(f"const {itypes[k]} v{k} = a{k}[0];" for k in per_row),
-            *(f"{ctype}* b{k} = q{k} + r * cols;" for k in range(nout)),
+            *(f"{ctype}* b{k} = {rows_of[k]};" for k in range(len(elem_out))),
             "#pragma GCC ivdep",
             "for (npy_intp i = 0; i < cols; i++) {",
             *(
@@ -212,7 +254,7 @@ class VectorElemwise(COp):
 
     def c_code_cache_version_apply(self, node: Any) -> tuple:
         inner = self.scalar_op.c_code_cache_version_apply(self._scalar_node(node))
-        return (6, declarations(), inner) if inner else ()
+        return (7, declarations(), inner) if inner else ()
 
     def c_code(self, node: Any, name: str, inames: Any, onames: Any, sub: Any) -> str:
         dtype = node.outputs[0].type.dtype
@@ -262,13 +304,17 @@ class VectorElemwise(COp):
                 f"{free} {sub['fail']} }}"
             )
         code.append(f"npy_intp* {name}_dims = PyArray_DIMS({name}_a[{first}]);")
-        for oname in onames:
+        code.append(f"npy_intp {name}_wide[{ndim}];  // the joined output's shape")
+        code.append(f"memcpy({name}_wide, {name}_dims, sizeof({name}_wide));")
+        code.append(f"{name}_wide[{ndim - 1}] *= {max(len(self.joined), 1)};")
+        for j, oname in enumerate(onames):
+            dims = f"{name}_wide" if j == 0 and self.joined else f"{name}_dims"
             code.append(
                 f"if (!{oname} || !PyArray_IS_C_CONTIGUOUS({oname}) "
                 f"|| PyArray_NDIM({oname}) != {ndim} || PyArray_TYPE({oname}) != {typenum} "
-                f"|| !PyArray_CompareLists(PyArray_DIMS({oname}), {name}_dims, {ndim})) {{"
+                f"|| !PyArray_CompareLists(PyArray_DIMS({oname}), {dims}, {ndim})) {{"
                 f"  Py_XDECREF({oname});"
-                f"  {oname} = (PyArrayObject*)PyArray_EMPTY({ndim}, {name}_dims, {typenum}, 0);"
+                f"  {oname} = (PyArrayObject*)PyArray_EMPTY({ndim}, {dims}, {typenum}, 0);"
                 f"  if (!{oname}) {fail} }}"
             )
         cols = f"{name}_dims[{ndim - 1}]"
@@ -343,6 +389,35 @@ def local_vector_elemwise(fgraph: Any, node: Any) -> Any:
     return None if op is None else op(*node.inputs, return_list=True)
 
 
+@node_rewriter([Join])
+def local_joined_outputs(fgraph: Any, node: Any) -> Any:
+    """``join(-1, v[i], v[j], ...)`` of outputs of one :class:`VectorElemwise` ``v``
+    (or of an ``Elemwise`` that becomes one), used by the join alone: ``v`` writes them
+    into the joined array's blocks of columns instead (an LSTM's backward step joins
+    its four gate gradients so)."""
+    axis, *parts = node.inputs
+    source = parts[0].owner
+    if source is None:
+        return None
+    if isinstance(source.op, VectorElemwise):
+        if source.op.joined:
+            return None
+    elif _replacement(source) is None:  # an Elemwise this module does not take
+        return None
+    if not isinstance(axis, Constant) or int(axis.data) not in (-1, parts[0].ndim - 1):
+        return None
+    if any(p.owner is not source or len(fgraph.clients[p]) != 1 for p in parts):
+        return None
+    joined = tuple(source.outputs.index(p) for p in parts)
+    if len(set(joined)) != len(joined) or len(joined) < 2:
+        return None
+    outputs = VectorElemwise(source.op.scalar_op, joined)(*source.inputs, return_list=True)
+    rest = [k for k in range(len(source.outputs)) if k not in joined]
+    replaced = {node.outputs[0]: node.outputs[0].type.filter_variable(outputs[0])}
+    replaced |= {source.outputs[k]: out for k, out in zip(rest, outputs[1:], strict=True)}
+    return replaced
+
+
 def in_use() -> bool:
     """Whether the vector loops are on: they can be built here (:func:`available`)
     and ``RNNC_SIMD`` does not switch them off."""
@@ -363,7 +438,7 @@ def register() -> bool:
 
         optdb.register(
             "rnnc_vector_elemwise",
-            dfs_rewriter(local_vector_elemwise),
+            dfs_rewriter(local_vector_elemwise, local_joined_outputs),
             "fast_run",
             "cxx_only",
             "rnnc_simd",

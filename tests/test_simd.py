@@ -161,3 +161,51 @@ def test_python_code_for_the_op_too():
     y = simd.VectorElemwise(pt.exp(x).owner.op.scalar_op)(x)
     fn = pytensor.function([x], y, mode="FAST_COMPILE")
     np.testing.assert_allclose(fn(np.ones((2, 3))), np.full((2, 3), np.e))
+
+
+def _joined(fn) -> list:
+    return [
+        node.op.joined
+        for node in fn.maker.fgraph.toposort()
+        if isinstance(node.op, simd.VectorElemwise) and node.op.joined
+    ]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_outputs_joined_by_columns_are_written_into_the_joined_array(dtype):
+    """``join(1, o3, o1)`` of a fused elementwise's outputs, ``o2`` used on its own:
+    one loop writes ``o3`` and ``o1`` into the joined array's column blocks."""
+    a = pt.matrix("a", dtype=dtype)
+    b = pt.vector("b", dtype=dtype)
+    o1, o2, o3 = pt.exp(a) * b, a - b, pt.sigmoid(a + b)
+    fn = function([a, b], [pt.join(1, o3, o1), o2], "c")
+    assert [len(j) for j in _joined(fn)] == [2]  # in the order fusion gave the outputs
+    assert not any(type(n.op).__name__ == "Join" for n in fn.maker.fgraph.toposort())
+    rng = np.random.default_rng(5)
+    av, bv = rng.normal(size=(4, 3)).astype(dtype), rng.normal(size=3).astype(dtype)
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    joined, second = fn(av, bv)
+    want = np.concatenate([1 / (1 + np.exp(-(av + bv))), np.exp(av) * bv], axis=1)
+    np.testing.assert_allclose(joined, want, rtol=tol)
+    np.testing.assert_allclose(second, av - bv, rtol=tol)
+
+
+def test_an_output_used_beside_the_join_is_not_joined():
+    a = pt.matrix("a", dtype="float64")
+    o1, o2 = pt.exp(a), pt.tanh(a) * a
+    fn = function([a], [pt.join(1, o1, o2), o1.sum()], "c")
+    assert _joined(fn) == []
+    av = np.random.default_rng(6).normal(size=(3, 2))
+    np.testing.assert_allclose(fn(av)[0], np.concatenate([np.exp(av), np.tanh(av) * av], 1))
+
+
+def test_python_code_for_the_joined_op_too():
+    from pytensor import scalar
+
+    s = scalar.float64("s")
+    both = scalar.Composite([s], [scalar.exp(s), s + 1])
+    x = pt.matrix("x", dtype="float64")
+    joined = simd.VectorElemwise(both, (1, 0))(x)
+    fn = pytensor.function([x], joined, mode="FAST_COMPILE")
+    xv = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose(fn(xv), np.concatenate([xv + 1, np.exp(xv)], axis=1))
