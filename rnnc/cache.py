@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import cscan, jaxsetup, march, pch, simd
+from rnnc import cscan, march, pch, simd
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 from rnnc.files import write_atomically
@@ -226,8 +226,7 @@ def configure(backend: str) -> None:
             march.remember_march_flags(cache_dir() / "march")
         pch.use_precompiled_header()
     elif backend == "jax":
-        configure_jax()
-        jaxsetup.setup()
+        configure_jax()  # rnnc.jaxsetup.setup() waits for a graph to convert (jaxlink)
         keep_freed_memory()
 
 

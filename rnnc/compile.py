@@ -16,11 +16,13 @@ from typing import Any
 
 import pytensor
 from pytensor.compile.mode import Mode, get_mode
+from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 
 from rnnc import ir
 from rnnc.cbuild import parallel_modules
 from rnnc.check import check_module
 from rnnc.errors import OptionError, UnknownNameError
+from rnnc.jaxlink import JAXLinker
 from rnnc.lang.parser import parse_module
 
 __all__ = ["BACKENDS", "BUILTIN_CELLS", "default_backend", "function", "load_cell", "mode", "parse"]
@@ -147,6 +149,8 @@ def mode(backend: str | None = None) -> Mode:
         return Mode(linker="cvm", optimizer="fast_run").excluding("scan_pushout_add")
     if backend == "python":
         return get_mode("FAST_COMPILE")
+    if backend == "jax":
+        return Mode(JAXLinker(), RewriteDatabaseQuery(include=["fast_run", "jax"]))
     return get_mode(backend.upper())
 
 

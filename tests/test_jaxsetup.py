@@ -4,7 +4,7 @@ import numpy as np
 import pytensor.tensor as pt
 import pytest
 
-from rnnc import cache
+from rnnc import jaxsetup
 from rnnc.compile import function
 
 jax = pytest.importorskip("jax")
@@ -12,7 +12,7 @@ jax = pytest.importorskip("jax")
 
 @pytest.fixture(scope="module")
 def jax_typify():
-    cache.configure("jax")
+    jaxsetup.setup()
     from pytensor.link.jax.dispatch import jax_typify
 
     return jax_typify
