@@ -24,6 +24,10 @@ again an executable it loaded from that cache (jax 0.10.2: the copy fails when
 called, "Function ... not found"). So filling rnnc's cache compiles XLA even where
 JAX's cache holds the program, and the program is not added to JAX's cache (rnnc's
 holds it).
+
+Measured (medium LSTM forward + gradient, 2 cores, 2026-12-05): a new process to its
+first result with a hit in rnnc's cache 0.73-0.82 s, against 0.98-1.12 s before
+(docs/backends.md, "Executables in rnnc's cache").
 """
 
 from __future__ import annotations

@@ -1,15 +1,16 @@
 """PyTensor's JAX backend set up for rnnc: one bug worked around, four costs removed.
 
-:func:`setup` runs once, when rnnc first sets up the JAX backend
-(:func:`rnnc.cache.configure`):
+:func:`setup` runs when rnnc's JAX linker turns a graph into JAX code
+(:class:`rnnc.jaxlink.JAXLinker`; each step applies once per process):
 
 * **sparse arrays** (:func:`defer_sparse`): PyTensor's JAX dispatch imports
   ``jax.experimental.sparse`` for sparse constants, which rnnc's graphs never have.
   rnnc puts a stand-in in ``sys.modules`` that imports the module when something
   first reads from it. Importing PyTensor's JAX dispatch, which every JAX process
-  does (a second process that loads a cached LSTM gradient: 1.0-1.1 s in all),
-  took 0.126-0.143 s and takes 0.092-0.103 s (six runs each, 2026-12-04). Most of
-  what remains is ``scipy.sparse`` (0.086 s), which the dispatch imports too.
+  that converts a graph does, took 0.126-0.143 s and takes 0.092-0.103 s (six runs
+  each, 2026-12-04). Most of what remains is ``scipy.sparse`` (0.086 s), which the
+  dispatch imports too. (A function loaded from rnnc's cache with its executable
+  imports none of it: :mod:`rnnc.jaxlink`.)
 * **constants** (:func:`patch_constants`): PyTensor turns each array constant of a
   graph into a JAX array with ``jnp.array``, which compiles a small XLA program per
   constant (5-10 ms each, 80 ms for the ten of an LSTM gradient, in every compile and
