@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import cscan, march, pch, simd
+from rnnc import cscan, jaxlink, march, pch, simd
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 from rnnc.files import write_atomically
@@ -311,6 +311,7 @@ def cached_function(
         except Exception:  # a stale, broken or incomplete entry: build it again
             path.unlink(missing_ok=True)
     fn = build()
+    jaxlink.compile_ahead(fn)  # a JAX function keeps its XLA executable
     try:
         data = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # some graphs do not pickle: compile every time

@@ -1,4 +1,4 @@
-"""rnnc's JAX linker: functions pickled with their XLA executable, compiled ahead of time.
+"""rnnc's JAX linker: functions that pickle with their XLA executable, compiled ahead of time.
 
 A function PyTensor compiles for JAX is a ``jax.jit`` of the graph turned into JAX
 code. Its first call traces that code, lowers it to StableHLO and compiles it, or finds
@@ -8,10 +8,10 @@ spent 0.2 s on them, and 0.1-0.15 s more on importing PyTensor's JAX dispatch an
 turning the graph into JAX code: 1.0-1.1 s from its start to the first result, half
 of it importing JAX and PyTensor.
 
-:class:`JAXLinker` is PyTensor's JAX linker with one change. When a function whose
-inputs have fixed shapes (the explicit ones by their static type, shared variables
-by their value) is pickled, as rnnc's cache does, the linker compiles it ahead of time
-for those shapes (``jax.jit(...).lower(...).compile()``), the function calls that
+:class:`JAXLinker` is PyTensor's JAX linker with one change. Before rnnc's cache
+pickles a function (:func:`compile_ahead`), the linker compiles it ahead of time for
+the shapes of its inputs (the explicit ones by their static type, shared variables by
+their value; ``jax.jit(...).lower(...).compile()``), the function calls that
 executable from then on, and the pickle keeps it
 (``jax.experimental.serialize_executable``). Loading the pickle deserialises the
 executable: no dispatch import, no graph conversion, no tracing, no lowering, no XLA.
@@ -39,7 +39,7 @@ from typing import Any
 
 from pytensor.link.jax.linker import JAXLinker as _PyTensorJAXLinker
 
-__all__ = ["JAXLinker"]
+__all__ = ["JAXLinker", "compile_ahead"]
 
 _LOADED = object()  # what fgraph_convert returns when the executable was deserialised
 _TRANSIENT = ("_call", "_inputs", "_convert", "_loaded")  # attributes never pickled
@@ -122,14 +122,17 @@ class JAXLinker(_PyTensorJAXLinker):
         return inputs
 
     def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
-        if self._serialized is None and self._call is not None:
-            state["_serialized"] = self._serialized = self._compile_ahead()
-        return state
+        return {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
 
-    def _compile_ahead(self) -> tuple | None:
-        """Compile the function for the shapes of its inputs, make it call that
-        executable and return the executable serialised; None where it cannot."""
+    def compile_ahead(self) -> bool:
+        """Compile the function made with this linker for the shapes of its inputs,
+        make it call that executable and keep the executable for pickling; False
+        where it cannot (module docstring)."""
+        if self._serialized is None:
+            self._serialized = self._compile()
+        return self._serialized is not None
+
+    def _compile(self) -> tuple | None:
         call, specs = self._call, self._input_specs()
         if call is None or call.jitted is None or specs is None:
             return None
@@ -205,3 +208,13 @@ def _without_persistent_cache() -> Iterator[None]:
         yield
     finally:
         cc._cache_used = saved
+
+
+def compile_ahead(built: Any) -> None:
+    """:meth:`JAXLinker.compile_ahead` for each function of ``built`` (a compiled
+    function, or a tuple or list holding some) made with rnnc's JAX linker; what
+    :func:`rnnc.cache.cached_function` does before it pickles a function."""
+    for item in built if isinstance(built, tuple | list) else (built,):
+        linker = getattr(getattr(item, "maker", None), "linker", None)
+        if isinstance(linker, JAXLinker):
+            linker.compile_ahead()

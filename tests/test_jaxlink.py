@@ -15,6 +15,7 @@ import pytensor.tensor as pt
 import pytest
 
 import rnnc
+from rnnc import jaxlink
 from rnnc.compile import function
 from tests.conftest import FAST
 
@@ -39,12 +40,14 @@ def data():
 
 @pytest.fixture(scope="module")
 def pickled():
-    """The JAX function pickled before its first call, as rnnc's cache does."""
+    """The JAX function compiled ahead and pickled before its first call, as rnnc's
+    cache does."""
     fn = _rnn("jax")
+    jaxlink.compile_ahead(fn)
     return fn, pickle.dumps(fn)
 
 
-def test_pickling_compiles_ahead_and_the_function_calls_that(pickled, data):
+def test_the_function_compiled_ahead_calls_that_executable(pickled, data):
     fn, _ = pickled
     call = fn.vm.jit_fn
     assert call.compiled is not None
@@ -67,6 +70,7 @@ def test_a_shared_value_of_another_shape_falls_back_to_the_jitted_function():
     w = pytensor.shared(np.ones(3), name="w")
     x = pt.tensor("x", dtype="float64", shape=(4,))
     fn = function([x], x.sum() * w.sum(), "jax")
+    assert fn.maker.linker.compile_ahead()
     copy = pickle.loads(pickle.dumps(fn))
     assert copy.vm.jit_fn.compiled is not None
     x0 = np.arange(4.0)
@@ -79,6 +83,7 @@ def test_a_shared_value_of_another_shape_falls_back_to_the_jitted_function():
 def test_an_input_of_unknown_shape_is_not_compiled_ahead():
     x = pt.vector("x", dtype="float64")
     fn = function([x], 2 * x, "jax")
+    assert not fn.maker.linker.compile_ahead()
     copy = pickle.loads(pickle.dumps(fn))
     assert fn.vm.jit_fn.compiled is None and copy.vm.jit_fn.compiled is None
     np.testing.assert_array_equal(np.asarray(copy(np.ones(3))), 2 * np.ones(3))
@@ -129,3 +134,9 @@ def test_a_cache_entry_filled_while_jax_cache_holds_the_program_loads(tmp_path):
     assert warm[1:] == ["False", "False"]  # never pickled: jitted
     assert fill[1:] == ["True", "False"] and load[1:] == ["True", "True"]
     assert warm[0] == fill[0] == load[0]
+
+
+def test_pickling_alone_compiles_nothing():
+    fn = _rnn("jax")
+    copy = pickle.loads(pickle.dumps(fn))
+    assert fn.vm.jit_fn.compiled is None and copy.vm.jit_fn.compiled is None
