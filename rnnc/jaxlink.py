@@ -171,8 +171,8 @@ class JAXLinker(_PyTensorJAXLinker):
 
 
 def _deserialize(serialized: tuple) -> Any:
-    """The executable :func:`serialize` made, loaded; None if that fails (another
-    jaxlib, another device).
+    """The executable that ``jax.experimental.serialize_executable.serialize`` wrote,
+    loaded; None if that fails (another jaxlib, another device).
 
     JAX's 64-bit mode is set as importing PyTensor's JAX dispatch sets it (on when
     ``floatX`` is float64), which this path skips: with it off, JAX would turn float64
