@@ -1,4 +1,5 @@
-"""rnnc.cscan: row-major loop invariants and sums updated in place, in C scans."""
+"""The C backend's scans: rnnc.cscan's row-major loop invariants and sums updated in
+place, and the PyTensor scan rewrites that rnnc's C mode leaves out."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.compile.mode import Mode
 from pytensor.scan.op import Scan
+from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.extra_ops import CpuContiguous
 
 from rnnc import cache, cscan
 from rnnc.compile import function
+from rnnc.simd import VectorElemwise
 
 
 def _rnn_and_gradient():
@@ -87,6 +90,27 @@ def test_the_rewrites_change_no_value(compiled, steps):
     args = rng.normal(size=(steps, 3, 4)), rng.normal(size=(4, 4)) / 2, rng.normal(size=4)
     for got, want in zip(rewritten(*args), plain(*args), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def _computed_before_the_backward_loop(fn) -> list:
+    """Elementwise ops between the backward scan and its sequences (which are views
+    of the forward scan's outputs or of the function's inputs)."""
+    (grad_scan,) = [s for s in _scans(fn) if s.op.info.n_mit_mot]
+    found = []
+    for var in grad_scan.op.outer_seqs(grad_scan.inputs):
+        while var.owner is not None and not isinstance(var.owner.op, Scan):
+            if isinstance(var.owner.op, Elemwise | VectorElemwise):
+                found.append(var.owner)
+            var = var.owner.inputs[0]
+    return found
+
+
+def test_elementwise_work_on_sequences_stays_in_the_backward_loop(compiled):
+    """PyTensor's ``scan_pushout_seqs_ops`` computes ``1 - h**2`` for all steps before
+    the backward loop, a pass and an array of its own; the C mode leaves it out."""
+    rewritten, plain = compiled
+    assert _computed_before_the_backward_loop(plain)
+    assert _computed_before_the_backward_loop(rewritten) == []
 
 
 def test_only_axes_put_in_another_order_count_as_transposed():
