@@ -1,5 +1,5 @@
-"""The C backend's scans: rnnc.cscan's row-major loop invariants and sums updated in
-place, and the PyTensor scan rewrites that rnnc's C mode leaves out."""
+"""The C backend's scans: rnnc.cscan's rewrites (row-major and padded loop invariants,
+sums updated in place and kept transposed), and the scan rewrites rnnc's C mode leaves out."""
 
 from __future__ import annotations
 
@@ -49,9 +49,9 @@ def _copied_invariants(fn) -> list:
     ]
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    inputs, outputs = _rnn_and_gradient()
+def _rewritten_and_plain(inputs, outputs):
+    """The function compiled by rnnc's C mode, and by PyTensor's without rnnc's scan
+    rewrites."""
     cache.configure("c")
     plain = Mode(linker="cvm", optimizer="fast_run").excluding(
         "scan_pushout_add", "rnnc_scan_for_c"
@@ -60,6 +60,11 @@ def compiled():
         function(inputs, outputs, "c"),
         pytensor.function(inputs, outputs, mode=plain),
     )
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return _rewritten_and_plain(*_rnn_and_gradient())
 
 
 def test_the_backward_loop_gets_the_transposed_weight_as_a_row_major_copy(compiled):
@@ -127,3 +132,68 @@ def test_the_jax_backend_keeps_its_own_layouts():
     pytest.importorskip("jax")
     inputs, outputs = _rnn_and_gradient()
     assert _copied_invariants(function(inputs, outputs, "jax")) == []
+
+
+def _wide_rnn_and_gradient():
+    """``h_t = tanh(x_t + (h_{t-1} @ W) @ V)`` with static shapes: ``W`` is [4, 256]
+    (float64 rows of 2 KB) and its gradient a sum wider than tall."""
+    x = pt.tensor3("x", dtype="float64")
+    w = pt.tensor("w", dtype="float64", shape=(4, 256))
+    v = pt.tensor("v", dtype="float64", shape=(256, 4))
+    h0 = pt.zeros((x.shape[1], 4), dtype="float64")
+    hs = pytensor.scan(
+        lambda xt, h, w, v: pt.tanh(xt + (h @ w) @ v),
+        sequences=[x],
+        outputs_info=[h0],
+        non_sequences=[w, v],
+        return_updates=False,
+    )
+    return [x, w, v], [hs, *pytensor.grad((hs**2).sum(), [x, w, v])]
+
+
+@pytest.fixture(scope="module")
+def wide():
+    return _rewritten_and_plain(*_wide_rnn_and_gradient())
+
+
+def test_invariants_with_rows_of_a_multiple_of_2kb_get_padded_rows(wide):
+    rewritten, plain = wide
+    forward, backward = sorted(_scans(rewritten), key=lambda s: s.op.info.n_mit_mot)
+    for scan, count in [(forward, 1), (backward, 2)]:  # W; W and the copy of V.T
+        padded = [
+            var
+            for var in scan.op.outer_non_seqs(scan.inputs)
+            if var.owner is not None and isinstance(var.owner.op, cscan.PadRows)
+        ]
+        assert [var.type.shape for var in padded] == [(4, 256)] * count
+    assert not any(isinstance(n.op, cscan.PadRows) for n in plain.maker.fgraph.apply_nodes)
+
+
+def test_a_wide_weight_gradient_sum_is_kept_transposed(wide):
+    rewritten, _ = wide
+    (grad_scan,) = [s for s in _scans(rewritten) if s.op.info.n_mit_mot]
+    sums = grad_scan.op.inner_untraced_sit_sot(grad_scan.op.inner_inputs)
+    assert sorted(var.type.shape for var in sums) == [(256, 4), (256, 4)]  # dW.T, dV
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_padding_and_transposing_change_no_value(wide, steps):
+    rewritten, plain = wide
+    rng = np.random.default_rng(steps)
+    args = (
+        rng.normal(size=(steps, 3, 4)),
+        rng.normal(size=(4, 256)) / 8,
+        rng.normal(size=(256, 4)) / 8,
+    )
+    for got, want in zip(rewritten(*args), plain(*args), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_pad_rows_copies_into_rows_a_cache_line_longer():
+    x = np.arange(12.0, dtype="float32").reshape(3, 4)
+    node = cscan.PadRows().make_node(pt.as_tensor(x))
+    out = [[None]]
+    node.op.perform(node, [x], out)
+    got = out[0][0]
+    np.testing.assert_array_equal(got, x)
+    assert got.strides == ((4 + cscan.ROW_PAD_BYTES // 4) * 4, 4)
