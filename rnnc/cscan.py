@@ -54,9 +54,10 @@ from pytensor.graph.replace import graph_replace
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.scan.op import Scan
 from pytensor.scan.rewriting.trace import scan_sit_sot_to_untraced
+from pytensor.tensor.basic import Alloc
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.extra_ops import cpu_contiguous
-from pytensor.tensor.shape import specify_shape
+from pytensor.tensor.shape import SpecifyShape, specify_shape
 from pytensor.tensor.subtensor import Subtensor, get_idx_list
 
 __all__ = [
@@ -193,6 +194,20 @@ def _wide_sum(op: Scan, state, update) -> bool:
     )
 
 
+def _transposed_copy(var):
+    """``var.T`` in row-major order; a new ``alloc`` of the transposed shape when
+    ``var`` is a part of an ``alloc`` of one value (a sum's zeros: transposing them
+    would copy 1 MB for nothing)."""
+    source = var
+    while source.owner is not None and isinstance(source.owner.op, Subtensor | SpecifyShape):
+        source = source.owner.inputs[0]
+    if source.owner is not None and isinstance(source.owner.op, Alloc):
+        value = source.owner.inputs[0]
+        if all(value.type.broadcastable):
+            return pt.alloc(value.squeeze(), *var.type.shape[::-1])
+    return cpu_contiguous(var.T)
+
+
 @node_rewriter([Scan])
 def local_transposed_sums(fgraph, node: Apply):
     """Keep each wide untraced state of a scan transposed (see the module).
@@ -234,7 +249,7 @@ def local_transposed_sums(fgraph, node: Apply):
     outer = list(node.inputs)
     first_in = 1 + info.n_seqs + info.n_mit_mot + info.n_mit_sot + info.n_sit_sot
     for k in picked:
-        outer[first_in + k] = cpu_contiguous(outer[first_in + k].T)
+        outer[first_in + k] = _transposed_copy(outer[first_in + k])
     new_outs = new_op(*outer, return_list=True)
     first = info.n_mit_mot + info.n_mit_sot + info.n_sit_sot + info.n_nit_sot
     for k in picked:

@@ -174,6 +174,9 @@ def test_a_wide_weight_gradient_sum_is_kept_transposed(wide):
     (grad_scan,) = [s for s in _scans(rewritten) if s.op.info.n_mit_mot]
     sums = grad_scan.op.inner_untraced_sit_sot(grad_scan.op.inner_inputs)
     assert sorted(var.type.shape for var in sums) == [(256, 4), (256, 4)]  # dW.T, dV
+    # the transposed sum starts from zeros of its own shape, not a transposed copy
+    starts = grad_scan.op.outer_untraced_sit_sot(grad_scan.inputs)
+    assert not any(isinstance(v.owner.op, CpuContiguous) for v in starts if v.owner)
 
 
 @pytest.mark.parametrize("steps", [1, 5])
