@@ -33,11 +33,12 @@ turns a state of which every use is ``out[-1]`` into one; PyTensor does the same
 for backends without preallocated outputs (JAX, Numba), whose buffers have one slot.
 
 **Wide sums kept transposed** (:func:`local_transposed_sums`). An untraced matrix
-state that the step only adds to, with fewer rows than columns (``dW`` of ``[256, 1024]``) is kept as its
-transpose, ``dW.T += g_t.T @ h_t``: OpenBLAS adds ``[1024, 32] @ [32, 256]`` into a
-``[1024, 256]`` array in 182-184 us and ``[256, 32] @ [32, 1024]`` into a ``[256,
-1024]`` one in 221-226 us. Measured over widths 256-3072 and batches 8 and 32, the
-transposed sum was never slower (0.66-1.01 of the time).
+state that the step only adds to and that has fewer rows than columns (``dW`` of
+``[256, 1024]``) is kept as its transpose, ``dW.T += g_t.T @ h_t``: OpenBLAS adds
+``[1024, 32] @ [32, 256]`` into a ``[1024, 256]`` array in 182-184 us and
+``[256, 32] @ [32, 1024]`` into a ``[256, 1024]`` one in 221-226 us. Measured over
+widths 256-3072 and batches 8 and 32, the transposed sum was never slower (0.66-1.01
+of the time).
 
 All run with PyTensor's C rewrites only (tag ``cxx_only``), after its scan rewrites
 and before the in-place ones; XLA and Numba choose their own layouts and buffers.
@@ -61,6 +62,7 @@ from pytensor.tensor.shape import SpecifyShape, specify_shape
 from pytensor.tensor.subtensor import Subtensor, get_idx_list
 
 __all__ = [
+    "PadRows",
     "local_contiguous_invariants",
     "local_transposed_sums",
     "local_untraced_sums",
@@ -232,7 +234,7 @@ def local_transposed_sums(fgraph, node: Apply):
     outputs = graph_replace(
         list(op.inner_outputs), {old: new.T for old, new in stand_ins.items()}, strict=False
     )
-    first_out = len(op.inner_outputs) - info.n_untraced_sit_sot - int(info.as_while)
+    first_out = len(op.inner_outputs) - info.n_untraced_sit_sot
     for k in picked:
         outputs[first_out + k] = outputs[first_out + k].T
     inputs = [stand_ins.get(var, var) for var in op.inner_inputs]
