@@ -12,6 +12,7 @@ from pytensor.scan.op import Scan
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.extra_ops import CpuContiguous
 
+import rnnc
 from rnnc import cache, cscan
 from rnnc.compile import function
 from rnnc.simd import VectorElemwise
@@ -200,3 +201,26 @@ def test_pad_rows_copies_into_rows_a_cache_line_longer():
     got = out[0][0]
     np.testing.assert_array_equal(got, x)
     assert got.strides == ((4 + cscan.ROW_PAD_BYTES // 4) * 4, 4)
+
+
+def test_a_masked_lstm_with_padded_weights_equals_pytensors_own_graph():
+    """H=64 in float64: ``W_h`` is ``[64, 256]``, rows of 2 KB, so the forward loop gets
+    it padded and the backward loop keeps ``dW_h`` transposed; with a mask of lengths
+    (padded steps keep the state) the C function equals the Python backend's, which
+    runs none of rnnc's scan rewrites."""
+    results = []
+    for backend in ["python", "c"]:  # C last: the backend the other tests set up
+        cache.configure(backend)
+        layer = rnnc.Recurrent("lstm", I=5, H=64, dtype="float64", backend=backend, seed=3)
+        x = pt.tensor3("x", dtype="float64")
+        lengths = pt.vector("lengths", dtype="int64")
+        y = layer(x, lengths=lengths).outputs["y"]
+        grads = pytensor.grad((y**2).sum(), [x, *layer.params.values()])
+        fn = function([x, lengths], [y, *grads], backend)
+        if backend == "c":
+            nodes = fn.maker.fgraph.apply_nodes
+            assert any(isinstance(node.op, cscan.PadRows) for node in nodes)
+        rng = np.random.default_rng(0)
+        results.append(fn(rng.normal(size=(4, 9, 5)), np.array([9, 3, 7, 1])))
+    for got, want in zip(*results, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
