@@ -1,5 +1,6 @@
 """The C backend's scans: rnnc.cscan's rewrites (row-major and padded loop invariants,
-sums updated in place and kept transposed), and the scan rewrites rnnc's C mode leaves out."""
+sums updated in place and kept transposed), and the scan rewrites the C and Numba modes
+leave out."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+from pytensor.compile.aliasing import add_supervisor_to_fgraph
+from pytensor.compile.io import In
 from pytensor.compile.mode import Mode
+from pytensor.graph.fg import FunctionGraph
 from pytensor.scan.op import Scan
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.extra_ops import CpuContiguous
@@ -37,7 +41,9 @@ def _rnn_and_gradient():
 
 
 def _scans(fn) -> list:
-    return [node for node in fn.maker.fgraph.toposort() if isinstance(node.op, Scan)]
+    """The scans of a compiled function, or of a rewritten FunctionGraph."""
+    fgraph = fn if isinstance(fn, FunctionGraph) else fn.maker.fgraph
+    return [node for node in fgraph.toposort() if isinstance(node.op, Scan)]
 
 
 def _copied_invariants(fn) -> list:
@@ -117,6 +123,14 @@ def test_elementwise_work_on_sequences_stays_in_the_backward_loop(compiled):
     rewritten, plain = compiled
     assert _computed_before_the_backward_loop(plain)
     assert _computed_before_the_backward_loop(rewritten) == []
+
+
+def test_the_numba_mode_keeps_elementwise_work_on_sequences_in_the_loop_too():
+    inputs, outputs = _rnn_and_gradient()
+    fgraph = FunctionGraph(inputs, outputs, clone=True)
+    add_supervisor_to_fgraph(fgraph, [In(var) for var in fgraph.inputs])
+    rnnc.compile.mode("numba").optimizer.rewrite(fgraph)  # rewritten, not compiled
+    assert _computed_before_the_backward_loop(fgraph) == []
 
 
 def test_only_axes_put_in_another_order_count_as_transposed():
