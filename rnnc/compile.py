@@ -138,13 +138,11 @@ def check_backend(backend: str) -> str:
 def mode(backend: str | None = None) -> Mode:
     """PyTensor's compilation mode for a backend.
 
-    The C and JAX modes leave out PyTensor's ``scan_pushout_add``, which turns a
-    weight gradient summed inside the backward loop into one product after it,
-    keeping the per-step factor for every step: measured on an LSTM (B=32 H=256, C),
-    it made the gradient no faster and, without the ``hoist`` pass, took 315 instead
-    of 193 MiB for 1000 steps (35 instead of 26 MiB for 100). On JAX, without it the
-    benchmark's custom cell took 60.3 instead of 63.5 ms (I=128) and 150.6 instead of
-    153.6 ms (I=1024), the LSTM and the GRU the same within 1%.
+    The C mode leaves out PyTensor's ``scan_pushout_add``, which turns a weight
+    gradient summed inside the backward loop into one product after it, keeping the
+    per-step factor for every step: measured on an LSTM (B=32 H=256, C), it made the
+    gradient no faster and, without the ``hoist`` pass, took 315 instead of 193 MiB
+    for 1000 steps (35 instead of 26 MiB for 100).
 
     The C and Numba modes leave out ``scan_pushout_seqs_ops``, which computes
     elementwise work on a loop's sequences (``1 - sigmoid(a)`` of the saved gate
@@ -154,8 +152,7 @@ def mode(backend: str | None = None) -> Mode:
     forward+gradient at B=32 T=100 I=128 H=256 took 110 instead of 114 ms (LSTM, C),
     62.4 instead of 65.0 ms (the benchmark's MGU, masked, C) and 262 instead of 270 ms
     (LSTM, Numba), the forward the same, and the LSTM gradient of 1000 steps 519
-    instead of 707 MiB (C). On JAX it changed nothing measurable, so the JAX mode
-    keeps it.
+    instead of 707 MiB (C). On JAX it changed nothing measurable.
     """
     backend = check_backend(backend or default_backend())
     if backend == "c":
@@ -165,9 +162,7 @@ def mode(backend: str | None = None) -> Mode:
     if backend == "python":
         return get_mode("FAST_COMPILE")
     if backend == "jax":
-        return Mode(JAXLinker(), RewriteDatabaseQuery(include=["fast_run", "jax"])).excluding(
-            "scan_pushout_add"
-        )
+        return Mode(JAXLinker(), RewriteDatabaseQuery(include=["fast_run", "jax"]))
     return get_mode("NUMBA").excluding("scan_pushout_seqs_ops")
 
 

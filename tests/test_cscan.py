@@ -1,5 +1,5 @@
-"""The backends' scans: rnnc.cscan's C rewrites (row-major and padded loop invariants, sums
-updated in place and kept transposed), and the scan rewrites the C, Numba and JAX modes
+"""The C backend's scans: rnnc.cscan's rewrites (row-major and padded loop invariants,
+sums updated in place and kept transposed), and the scan rewrites the C and Numba modes
 leave out."""
 
 from __future__ import annotations
@@ -125,29 +125,12 @@ def test_elementwise_work_on_sequences_stays_in_the_backward_loop(compiled):
     assert _computed_before_the_backward_loop(rewritten) == []
 
 
-def _rewritten(inputs, outputs, backend: str) -> FunctionGraph:
-    """The graph as ``backend``'s mode rewrites it, without compiling it."""
+def test_the_numba_mode_keeps_elementwise_work_on_sequences_in_the_loop_too():
+    inputs, outputs = _rnn_and_gradient()
     fgraph = FunctionGraph(inputs, outputs, clone=True)
     add_supervisor_to_fgraph(fgraph, [In(var) for var in fgraph.inputs])
-    rnnc.compile.mode(backend).optimizer.rewrite(fgraph)
-    return fgraph
-
-
-def test_the_numba_mode_keeps_elementwise_work_on_sequences_in_the_loop_too():
-    fgraph = _rewritten(*_rnn_and_gradient(), "numba")
+    rnnc.compile.mode("numba").optimizer.rewrite(fgraph)  # rewritten, not compiled
     assert _computed_before_the_backward_loop(fgraph) == []
-
-
-def test_the_jax_mode_sums_the_weight_gradient_in_the_backward_loop():
-    """Without ``scan_pushout_add`` the LSTM's backward loop adds ``h.T @ g`` into one
-    state instead of returning ``g`` for every step to one product after the loop."""
-    pytest.importorskip("jax")
-    layer = rnnc.Recurrent("lstm", I=4, H=3, dtype="float64", backend="jax")
-    x = pt.tensor("x", dtype="float64", shape=(2, 5, 4))
-    params = list(layer.params.values())
-    grads = pytensor.grad((layer(x).outputs["y"] ** 2).sum(), params)
-    (backward,) = [s for s in _scans(_rewritten([x, *params], grads, "jax")) if s.op.info.n_mit_mot]
-    assert backward.op.info.n_untraced_sit_sot == 1  # dW_h
 
 
 def test_only_axes_put_in_another_order_count_as_transposed():
