@@ -11,7 +11,7 @@ import pytest
 from conftest import FAST
 
 import rnnc
-from rnnc import reference
+from rnnc import lower, reference
 
 CELLS = {
     "old_and_new_state": """
@@ -213,3 +213,37 @@ def test_the_backward_loop_computes_no_product_of_the_forward_step_again(cell, w
             and tuple(a.owner.op.new_order) == (1, 0)
             for a in node.inputs
         ), f"{cell}: the backward loop computes {node} again"
+
+
+@pytest.mark.parametrize("inputs,hidden", [(7, 2), (2, 3)])
+def test_values_before_the_loop_are_the_same_batch_major_or_time_major(inputs, hidden):
+    """The GRU's input products (3H per step) are computed batch-major when its input
+    is wider (I > 3H, then transposed), time-major otherwise (the input transposed):
+    either way the reference's values and finite differences' gradients, with padding."""
+    layer = rnnc.Recurrent("gru", I=inputs, H=hidden, dtype="float64", backend=FAST)
+    optimized = rnnc.passes.optimize(layer.cell, layer.optimize, layer.sizes)
+    assert lower._precompute_batch_major(optimized, layer.sizes) == (inputs > 3 * hidden)
+    rng = np.random.default_rng(3)
+    _randomize(layer, rng)
+    x = rng.normal(size=(3, 4, inputs))
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    got = layer.run(x, mask=mask)
+    params = {k: v.get_value() for k, v in layer.params.items()}
+    want_out, want_state = reference.run(layer.cell, params, {"x": x}, mask=mask)
+    np.testing.assert_allclose(got.outputs["y"], want_out["y"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.state["h"], want_state["h"], rtol=1e-12, atol=1e-12)
+
+    def loss(x_var, w_var):
+        layer.params["W_in"] = w_var
+        out = layer(x_var, mask=pt.as_tensor(mask))
+        return (out.outputs["y"] ** 2).sum()
+
+    pytensor.gradient.verify_grad(
+        loss,
+        [x, params["W_in"]],
+        rng=np.random.default_rng(4),
+        mode=rnnc.compile.mode(FAST),
+        eps=1e-7,
+        abs_tol=1e-6,
+        rel_tol=1e-6,
+    )
