@@ -1,6 +1,6 @@
 """The C backend's scans: rnnc.cscan's rewrites (row-major and padded loop invariants,
-sums updated in place and kept transposed), and the scan rewrites the C and Numba modes
-leave out."""
+sums updated in place and kept transposed, elementwise work on transposes), and the
+scan rewrites the C and Numba modes leave out."""
 
 from __future__ import annotations
 
@@ -238,3 +238,24 @@ def test_a_masked_lstm_with_padded_weights_equals_pytensors_own_graph():
         results.append(fn(rng.normal(size=(4, 9, 5)), np.array([9, 3, 7, 1])))
     for got, want in zip(*results, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _elementwise_on_transposes(fn) -> list:
+    return [
+        node
+        for node in fn.maker.fgraph.toposort()
+        if isinstance(node.op, Elemwise | VectorElemwise)
+        and any(cscan._matrix_transpose(v) for v in node.inputs)
+    ]
+
+
+def test_elementwise_work_on_transposed_matrices_runs_on_the_matrices():
+    """``(f * h).T @ g``: PyTensor moves the transpose into the product's factors; the
+    rewrite multiplies the untransposed matrices and hands the product their result's
+    transposed view."""
+    f, h, g = pt.matrices("f", "h", "g")
+    rewritten, plain = _rewritten_and_plain([f, h, g], [(pt.sigmoid(f) * h).T @ g * 2])
+    assert _elementwise_on_transposes(plain)
+    assert not _elementwise_on_transposes(rewritten)
+    values = [np.random.default_rng(k).normal(size=(4, 3)) for k in range(3)]
+    np.testing.assert_allclose(rewritten(*values), plain(*values), rtol=1e-14)
