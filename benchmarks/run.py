@@ -30,9 +30,7 @@ import os
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = "1"
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-)
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 # compile times are taken on every core (rnnc compiles C modules in parallel, as on a
 # user's machine): --compile runs its children with RNNC_BENCH_PIN=0
 if hasattr(os, "sched_setaffinity"):
