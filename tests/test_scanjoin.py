@@ -1,0 +1,68 @@
+"""rnnc.scanjoin: a loop's per-step outputs that another output joins are read from
+the joined one, and the loop no longer writes them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.scan.op import Scan
+
+from rnnc.compile import function
+
+pytest.importorskip("jax")
+
+
+def _loop():
+    """A step that returns ``a``, ``b`` and ``join(a, b)``, all used after the loop."""
+    x = pt.tensor3("x", dtype="float64")
+    w = pt.matrix("w", dtype="float64")
+
+    def step(xt):
+        a = pt.specify_shape(xt @ w, (None, 3))
+        b = pt.specify_shape(pt.tanh(xt), (None, 2))
+        return a, b, pt.concatenate([a, b], axis=1)
+
+    a, b, ab = pytensor.scan(step, sequences=[x], return_updates=False)
+    return [x, w], [a[::-1] * 2, b.sum(), ab @ np.ones(5)]
+
+
+def _per_step_outputs(fn) -> list[int]:
+    return [
+        node.op.info.n_nit_sot for node in fn.maker.fgraph.toposort() if isinstance(node.op, Scan)
+    ]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    inputs, outputs = _loop()
+    plain = pytensor.function(inputs, outputs, mode="FAST_COMPILE")
+    return function(inputs, outputs, "jax"), plain
+
+
+def test_the_loop_writes_only_the_joined_output(compiled):
+    rewritten, plain = compiled
+    assert _per_step_outputs(plain) == [3]
+    assert _per_step_outputs(rewritten) == [1]
+
+
+def test_the_values_are_the_same(compiled):
+    rewritten, plain = compiled
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(4, 2, 2)), rng.normal(size=(2, 3))
+    for got, want in zip(rewritten(x, w), plain(x, w), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+def test_a_join_of_values_the_loop_does_not_return_changes_nothing():
+    x = pt.tensor3("x", dtype="float64")
+    ab = pytensor.scan(
+        lambda xt: pt.concatenate([xt * 2, pt.tanh(xt)], axis=1),
+        sequences=[x],
+        return_updates=False,
+    )
+    fn = function([x], [ab], "jax")
+    assert _per_step_outputs(fn) == [1]
+    value = np.random.default_rng(1).normal(size=(3, 2, 2))
+    np.testing.assert_allclose(fn(value)[0], np.concatenate([value * 2, np.tanh(value)], -1))
