@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import cscan, jaxlink, march, pch, simd
+from rnnc import cscan, jaxlink, jaxsetup, march, pch, simd
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 from rnnc.files import write_atomically
@@ -179,11 +179,14 @@ def keep_freed_memory() -> bool:
 # ---------------------------------------------------------------- JAX
 def configure_jax() -> Path | None:
     """Point JAX's persistent compilation cache at ``<rnnc cache>/jax`` (unless the user
-    chose a directory); caches every compilation, however quick."""
+    chose a directory); caches every compilation, however quick. On a process bound
+    to one core, XLA runs operations one after another
+    (:func:`rnnc.jaxsetup.one_core_schedule`)."""
     try:
         import jax
     except ImportError:
         return None
+    jaxsetup.one_core_schedule()
     if not jax.config.jax_compilation_cache_dir:
         path = cache_dir() / "jax"
         path.mkdir(parents=True, exist_ok=True)
@@ -301,6 +304,9 @@ def cached_function(
         return build()
     parts = {**parts, "backend": backend} if backend else parts
     parts = {**parts, "shared": variables} if variables else parts
+    if backend == "jax":  # XLA's flags shape the executable the entry keeps
+        configure("jax")
+        parts = {**parts, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
     path = cache_dir() / "functions" / f"{key_digest(parts)}.pkl"
     if path.exists():
         try:

@@ -140,3 +140,32 @@ def test_jax_sparse_is_imported_only_when_something_reads_from_it():
         check=True,
     ).stdout.split("\n")
     assert out[:4] == ["3.0", "False", "BCOO True", "True True"]
+
+
+@pytest.mark.parametrize(
+    "cores,flags,want",
+    [
+        (
+            {0},
+            "--xla_cpu_multi_thread_eigen=false",
+            f"--xla_cpu_multi_thread_eigen=false {jaxsetup.ONE_CORE_FLAG}",
+        ),
+        ({0}, None, jaxsetup.ONE_CORE_FLAG),
+        ({0, 1}, "--a=1", "--a=1"),
+        (
+            {0},
+            "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+            "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+        ),
+    ],
+)
+def test_one_core_has_xla_run_operations_one_after_another(monkeypatch, cores, flags, want):
+    """On one core XLA's scheduler for concurrency is switched off, unless the user
+    chose; on more cores nothing changes."""
+    monkeypatch.setattr(jaxsetup.os, "sched_getaffinity", lambda pid: cores, raising=False)
+    if flags is None:
+        monkeypatch.delenv("XLA_FLAGS", raising=False)
+    else:
+        monkeypatch.setenv("XLA_FLAGS", flags)
+    assert jaxsetup.one_core_schedule() == (want != (flags or ""))
+    assert jaxsetup.os.environ.get("XLA_FLAGS", "") == want

@@ -8,6 +8,7 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from pytensor.scan.op import Scan
+from pytensor.tensor.basic import Join
 
 from rnnc.compile import function
 
@@ -66,3 +67,36 @@ def test_a_join_of_values_the_loop_does_not_return_changes_nothing():
     assert _per_step_outputs(fn) == [1]
     value = np.random.default_rng(1).normal(size=(3, 2, 2))
     np.testing.assert_allclose(fn(value)[0], np.concatenate([value * 2, np.tanh(value)], -1))
+
+
+def _joins(fn) -> int:
+    return sum(isinstance(node.op, Join) for node in fn.maker.fgraph.toposort())
+
+
+@pytest.mark.parametrize("backend", ["jax", "python"])
+def test_a_join_of_the_slices_of_one_array_is_that_array(backend):
+    """``join(-1, g[::-1, :, 0:2], g[::-1, :, 2:5])`` reshaped to rows, as the gradient of
+    a fused product joins its gates' gradients: the array itself, reversed and reshaped."""
+    g = pt.tensor3("g", dtype="float64", shape=(4, 3, 5))
+    pieces = [
+        pt.specify_shape(g[::-1, :, a:b], (4, 3, b - a)).reshape((12, b - a))
+        for a, b in [(0, 2), (2, 5)]
+    ]
+    fn = function([g], pt.concatenate(pieces, axis=1) * 2, backend)
+    value = np.random.default_rng(2).normal(size=(4, 3, 5))
+    np.testing.assert_allclose(fn(value), value[::-1].reshape(12, 5) * 2)
+    if backend == "jax":
+        assert _joins(fn) == 0
+
+
+@pytest.mark.parametrize(
+    "cuts",
+    [[(0, 2), (3, 5)], [(2, 5), (0, 2)]],
+    ids=["a gap", "out of order"],
+)
+def test_slices_that_do_not_tile_the_array_stay_joined(cuts):
+    g = pt.tensor3("g", dtype="float64", shape=(4, 3, 5))
+    fn = function([g], pt.concatenate([g[:, :, a:b] for a, b in cuts], axis=2), "jax")
+    assert _joins(fn) == 1
+    value = np.random.default_rng(3).normal(size=(4, 3, 5))
+    np.testing.assert_allclose(fn(value), np.concatenate([value[..., a:b] for a, b in cuts], 2))
