@@ -100,3 +100,23 @@ def test_slices_that_do_not_tile_the_array_stay_joined(cuts):
     assert _joins(fn) == 1
     value = np.random.default_rng(3).normal(size=(4, 3, 5))
     np.testing.assert_allclose(fn(value), np.concatenate([value[..., a:b] for a, b in cuts], 2))
+
+
+def test_the_lstm_gradient_on_jax_equals_the_python_backends():
+    """The case the rewrites are for: the LSTM's backward loop returns its joined gate
+    gradient once, and the gradient is the one PyTensor's Python mode computes."""
+    import rnnc
+
+    mask = pt.constant(np.array([[1, 1, 1, 0], [1, 1, 1, 1]], "float64"))
+    layer = rnnc.Recurrent("lstm", I=3, H=2, dtype="float64", seed=4, backend="jax")
+    x = pt.tensor("x", dtype="float64", shape=(2, 4, 3))
+    out = layer(x, mask=mask)
+    loss = (out.outputs["y"] ** 2).sum() + out.state["c"].sum()
+    grads = pytensor.grad(loss, [x, *layer.params.values()])
+    on_jax, python = (function([x], grads, backend) for backend in ("jax", "python"))
+    backward = [node.op for node in on_jax.maker.fgraph.toposort() if isinstance(node.op, Scan)][-1]
+    widths = [o.type.shape[-1] for o in backward.inner_nitsot_outs(backward.inner_outputs)]
+    assert widths == [8]  # [g_i | g_f | g_g | g_o], and not each gate's apart
+    value = np.random.default_rng(5).normal(size=(2, 4, 3))
+    for got, want in zip(on_jax(value), python(value), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
