@@ -237,6 +237,10 @@ def _width(shape: ir.Shape, sizes: Mapping[str, int]) -> int:
     return int(np.prod(ir.shape_size(shape, sizes), dtype=np.int64))
 
 
+def _static(shape: ir.Shape, sizes: Mapping[str, int]) -> tuple[int | None, ...]:
+    return tuple(None if d == 1 else d for d in ir.shape_size(shape, sizes))
+
+
 def _precompute_batch_major(cell: ir.CellIR, sizes: Mapping[str, int]) -> bool:
     """Whether the values computed before the loop are better computed batch-major.
 
@@ -462,6 +466,14 @@ def scan_cell(
     )
     if batch_major:
         seq_values = {k: _time_major(v) for k, v in seq_values.items()}
+    # their example shapes are known: a step that cuts one into pieces then splits it
+    # (the gradient joins the pieces) instead of taking slices of an unknown width
+    # (the gradient adds each into zeros). A size of 1 stays unknown: it would make
+    # the axis broadcastable, unlike the step's other values.
+    seq_values = {
+        k: pt.specify_shape(v, (None, None, *_static(cell.precompute[k].shape, sizes)))
+        for k, v in seq_values.items()
+    }
 
     cell, invariants = _loop_invariants(cell)
     if invariants:  # computed once, before the loop, and passed in
