@@ -195,7 +195,13 @@ class Dropout:
 
 
 def log_softmax(logits: Any, axis: int = -1) -> TensorVariable:
-    """``log(softmax(logits))`` computed stably (the maximum is subtracted first)."""
+    """``log(softmax(logits))`` computed stably (the maximum is subtracted first).
+
+    PyTensor's own ``pt.special.log_softmax`` took the loss and gradient of ``[50, 50,
+    100]`` float32 logits alone in 3.3 ms against 4.9 ms for this, but ``rnnc train``'s
+    step with it was slower: 37,600-40,000 against 40,800-42,400 chars/s on C (three
+    runs each, alternated, 2026-12-05). So rnnc keeps elementwise ops that PyTensor
+    fuses with the rest of the graph."""
     logits = pt.as_tensor_variable(logits)
     shifted = logits - pt.max(logits, axis=axis, keepdims=True)
     return shifted - pt.log(pt.sum(pt.exp(shifted), axis=axis, keepdims=True))
