@@ -380,6 +380,8 @@ def test_doctor_reports_blas_and_caches(capsys):
     assert ("vector loops" in rows["C elementwise loops"]) == simd.available()
     if "openblas" in rows["C backend BLAS"] and rows["system OpenBLAS"] != "not found":
         assert rows["OpenBLAS kernels"].split()[0].isalnum()  # a core name, as "Haswell"
+    if _available("jax"):  # the flags JAX compiles with, rnnc's one-core flag included
+        assert rows["XLA_FLAGS"] == (os.environ.get("XLA_FLAGS") or "unset")
 
 
 @pytest.mark.parametrize(

@@ -179,6 +179,8 @@ def diagnose() -> list[tuple[str, str, str | None]]:
     )
     if jax:
         rows.append(_ml_dtypes())
+        # configure_jax (above) added rnnc's flag if this process may use one core only
+        rows.append(("XLA_FLAGS", os.environ.get("XLA_FLAGS") or "unset", None))
     folder = cache.cache_dir() / "functions"
     entries = list(folder.glob("*.pkl")) if folder.is_dir() else []
     size = sum(p.stat().st_size for p in entries) / 2**20
