@@ -277,13 +277,12 @@ def _over_all_steps(
         return {}
     first = next(v for (op, _), v in leaves.items() if op != "param")
     lead = first.shape[0], first.shape[1]
+    rows = lead[0] * lead[1]
     flat = {
         k: (
             v
             if k[0] == "param"
-            else v.reshape(
-                (lead[0] * lead[1], *[v.shape[i] for i in range(2, v.ndim - 1)], -1)[: v.ndim - 1]
-            )
+            else v.reshape((rows, *[v.shape[i] for i in range(2, v.ndim - 1)], -1)[: v.ndim - 1])
         )
         for k, v in leaves.items()
     }
@@ -291,7 +290,7 @@ def _over_all_steps(
     out = {}
     for (name, node), value in zip(nodes.items(), values, strict=True):
         if not node.batched:  # constant over time and batch: broadcast it
-            value = pt.broadcast_to(value, (lead[0] * lead[1], *value.shape))
+            value = pt.broadcast_to(value, (rows, *value.shape))
         out[name] = value.reshape(
             (*lead, *[value.shape[i] for i in range(1, value.ndim - 1)], -1)[: value.ndim + 1]
         )
@@ -443,6 +442,7 @@ def scan_cell(
     batch, time = first.shape[0], first.shape[1]
     param_leaves = {("param", k): v for k, v in params.items()}
 
+    mask_tm = None
     if mask is not None:  # padded inputs are never read: exactly zero gradient
         zero = np.asarray(0, dtype)
         real = pt.neq(mask, 0)
@@ -450,8 +450,8 @@ def scan_cell(
             k: pt.switch(real.dimshuffle(0, 1, *["x"] * (v.ndim - 2)), v, zero)
             for k, v in inputs.items()
         }
+        mask_tm = _time_major(real)
     inputs_tm = {name: _time_major(x) for name, x in inputs.items()}
-    mask_tm = pt.neq(_time_major(mask), 0) if mask is not None else None
     reset_tm = None
     if reset is not None:
         reset_tm = _effective_resets(pt.neq(_time_major(reset), 0), mask_tm, reverse)
