@@ -18,7 +18,7 @@ import pytensor
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 
-from rnnc import ir, scanjoin, unreverse
+from rnnc import ir, scanjoin, stepsums
 from rnnc.cbuild import parallel_modules
 from rnnc.check import check_module
 from rnnc.errors import OptionError, UnknownNameError
@@ -156,7 +156,7 @@ def mode(backend: str | None = None) -> Mode:
     """
     backend = check_backend(backend or default_backend())
     scanjoin.register()
-    unreverse.register()
+    stepsums.register()
     if backend == "c":
         return Mode(linker="cvm", optimizer="fast_run").excluding(
             "scan_pushout_add", "scan_pushout_seqs_ops"

@@ -23,6 +23,15 @@
   product of a transposed copy. An ``optimization_barrier`` on the transposed operand
   makes XLA copy it first (2-3 ms). Measured, forward+gradient: the custom cell at
   input size 1024 81.1 -> 78.6 ms, LSTM I=1024 137.3 -> 135.2, I=128 51.9 -> 51.3.
+  Since 2026-12-05 only an operand of at least :data:`COPY_TRANSPOSED_FROM` rows (or
+  of rows unknown) is copied: ``x.T @ g`` with ``x`` of ``[3200, K]`` and ``g`` of
+  ``[3200, N]``, one core, took with and without the copy (ms): K=128 N=512 4.44 and
+  3.98; K=256 N=256, 768, 1024 4.68 and 4.66, 12.96-13.28 and 12.04-12.16,
+  17.11-17.28 and 16.17-16.37; K=512 N=512 17.50-17.80 and 18.61-18.66; K=768 N=512
+  26.06-27.68 and 25.07-25.16; K=1024 N=512, 768, 1024 35.9 and 39.1, 51.6-55.3 and
+  54.3-54.6, 66.0-67.7 and 71.4-71.9. Forward+gradient with the threshold against
+  without it (with :mod:`rnnc.stepsums`, which gives XLA more such products), calls
+  alternated: the custom cell 58.9 against 60.8 ms, the LSTM 91.7 against 94.1.
 * **loops that run backwards** (:func:`patch_reversed_scans`): the backward loop of a
   scan's gradient reads the forward loop's values reversed in time (``h[::-1]``, and
   values made of them elementwise). XLA copies each reversed sequence before the loop
@@ -162,6 +171,10 @@ def patch_constants() -> None:
     jax_typify.register(np.ndarray)(typify_ndarray)
 
 
+#: :func:`patch_dot` copies a transposed left operand with at least this many rows.
+COPY_TRANSPOSED_FROM = 512
+
+
 def patch_dot() -> None:
     """Copy the transposed left operand of a product before multiplying."""
     import jax
@@ -173,6 +186,9 @@ def patch_dot() -> None:
         if source is None or not isinstance(source.op, DimShuffle):
             return fn
         if tuple(source.op.new_order) != (1, 0):
+            return fn
+        rows = node.inputs[0].type.shape[0]
+        if rows is not None and rows < COPY_TRANSPOSED_FROM:
             return fn
         return lambda x, y: fn(jax.lax.optimization_barrier(x), y)
 

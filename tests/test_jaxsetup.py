@@ -73,6 +73,21 @@ def test_a_product_with_a_transposed_left_operand_copies_it_first(jax_typify):
     assert "optimization_barrier" not in _lowered(plain, a, c)
 
 
+@pytest.mark.parametrize(
+    "width", [jaxsetup.COPY_TRANSPOSED_FROM - 1, jaxsetup.COPY_TRANSPOSED_FROM]
+)
+def test_only_a_wide_transposed_operand_is_copied(jax_typify, width):
+    """``x.T @ y`` with ``x`` of a static width under the threshold: XLA reads ``x`` as
+    it is, which was faster for narrow ones (the module)."""
+    x = pt.matrix("x", dtype="float32", shape=(2, width))
+    y = pt.matrix("y", dtype="float32", shape=(2, 3))
+    a, b = np.ones((2, width), "float32"), np.ones((2, 3), "float32")
+    fn = function([x, y], [x.T @ y], "jax")
+    np.testing.assert_allclose(fn(a, b)[0], a.T @ b)
+    copied = "optimization_barrier" in _lowered(fn, a, b)
+    assert copied == (width >= jaxsetup.COPY_TRANSPOSED_FROM)
+
+
 @pytest.mark.parametrize("reversed_in_time", [True, False])
 def test_a_scan_over_sequences_reversed_in_time_walks_them_from_the_end(
     jax_typify, reversed_in_time

@@ -1,5 +1,6 @@
-"""rnnc.unreverse: on JAX, a product summed over the steps of sequences reversed in
-time reads them in time order, with the same result."""
+"""rnnc.stepsums: on JAX, a product summed over the steps of sequences reads them in
+time order and its left operand as a transposed matrix of rows, with the same
+result."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pytensor.graph.fg import FunctionGraph
 from pytensor.graph.rewriting.basic import dfs_rewriter
 from pytensor.graph.rewriting.utils import rewrite_graph
 from pytensor.graph.traversal import io_toposort
+from pytensor.tensor.elemwise import DimShuffle
 from pytensor.tensor.math import Dot
 from pytensor.tensor.subtensor import Subtensor, get_idx_list
 
 from rnnc.compile import function
-from rnnc.unreverse import local_dot_in_time_order
+from rnnc.stepsums import as_rows, local_sum_over_steps
 
 T, B, K, N = 4, 3, 5, 2
 
@@ -24,7 +26,7 @@ def _rewritten(outputs, inputs):
     """The graph of ``outputs`` after the rewrite alone, and whether it applied."""
     fgraph = FunctionGraph(inputs, outputs, clone=True)
     before = [node.inputs for node in fgraph.toposort() if isinstance(node.op, Dot)]
-    dfs_rewriter(local_dot_in_time_order, ignore_newtrees=True).rewrite(fgraph)
+    dfs_rewriter(local_sum_over_steps, ignore_newtrees=True).rewrite(fgraph)
     after = [node.inputs for node in fgraph.toposort() if isinstance(node.op, Dot)]
     return fgraph, before != after
 
@@ -65,6 +67,27 @@ def test_a_sum_over_reversed_steps_reads_them_in_time_order(values):
     assert _reversed_steps(rewrite_graph(fgraph.outputs[0], include=("canonicalize",))) == 0
     want = np.einsum("tbk,tbn->kn", values[0] * values[1], values[2])
     np.testing.assert_allclose(_evaluate(fgraph, values), want, rtol=1e-12)
+
+
+def _transposes_of_3d(var) -> int:
+    return sum(
+        isinstance(node.op, DimShuffle) and set(node.op.new_order) == {0, 1, 2}
+        for node in io_toposort([], [var])
+    )
+
+
+def test_a_transposed_sequence_becomes_a_transposed_matrix_of_rows(values):
+    """``reshape(transpose(f * h, (2, 0, 1)), [K, T*B])`` as ``reshape(f * h).T``,
+    the transposes of ``f`` and ``h`` taken out of the product of the two."""
+    f, h, _ = values
+    fv, hv = pt.tensor3("f", shape=f.shape), pt.tensor3("h", shape=h.shape)
+    left = (fv.dimshuffle(2, 0, 1) * hv.dimshuffle(2, 0, 1) * 2.0).reshape((K, -1))
+    rows = as_rows(left)
+    assert rows is not None and _transposes_of_3d(rows) == 0
+    fn = pytensor.function([fv, hv], rows, mode="FAST_COMPILE")
+    np.testing.assert_allclose(fn(f, h), (2 * f * h).reshape(T * B, K).T, rtol=1e-14)
+    wrong = (fv.dimshuffle(1, 0, 2) * 2.0).reshape((B, -1))  # another transpose
+    assert as_rows(wrong) is None
 
 
 def test_a_transposed_matrix_of_rows_is_recognised(values):
@@ -119,7 +142,7 @@ def test_the_gradient_of_a_cell_on_jax_is_unchanged():
     params = list(layer.params.values())
     loss = (layer(x).outputs["y"] ** 2).sum()
     grads = pytensor.grad(loss, params)
-    plain_mode = compile_module.mode("jax").excluding("rnnc_dot_in_time_order")
+    plain_mode = compile_module.mode("jax").excluding("rnnc_sums_over_steps")
     plain = pytensor.function([x], grads, mode=plain_mode)
     rewritten = function([x], grads, "jax")
     value = np.random.default_rng(2).normal(size=(2, 5, 3))

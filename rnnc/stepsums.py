@@ -1,37 +1,48 @@
-"""A rewrite for the JAX backend: a product that sums over the steps of a sequence
-reads both operands in time order.
+"""A rewrite for the JAX backend: the operands of a product that sums over the
+steps of sequences, in time order and as rows.
 
 PyTensor's ``scan_pushout_add`` turns the weight gradient that a scan's backward
 loop sums over the steps, ``dW = sum_t a_t.T @ g_t``, into one product after the
 loop over the whole sequence, ``A.T @ G`` with ``A`` and ``G`` of ``[T*B, K]`` and
-``[T*B, N]`` (the steps and the batch merged into the summed axis). The backward
-loop runs from the last step to the first, so both operands come in that order:
-``A`` is a forward value reversed in time (``h[::-1]``, ``f[::-1] * h[::-1]``) and
-``G`` a per-step output of the loop, which rnnc's JAX scan
-(:func:`rnnc.jaxsetup.patch_reversed_scans`) makes in time order and turns around.
-A sum does not depend on the order of its terms, so the rewrite::
+``[T*B, N]`` (the steps and the batch merged into the summed axis). It writes the
+left operand as ``reshape(transpose(A3, (2, 0, 1)), [K, T*B])`` of the ``[T, B, K]``
+sequence ``A3``, and the backward loop runs from the last step to the first, so
+both operands come in that order: ``A3`` is a forward value reversed in time
+(``h[::-1]``, ``f[::-1] * h[::-1]``) and ``G`` a per-step output of the loop, which
+rnnc's JAX scan (:func:`rnnc.jaxsetup.patch_reversed_scans`) makes in time order
+and turns around. The rewrite::
 
-    dot(reshape(transpose(A[::-1])), reshape(G))
-    ->  dot(reshape(transpose(A)), reshape(G[::-1]))
+    dot(reshape(transpose(A3[::-1], (2, 0, 1)), [K, T*B]), reshape(G, [T*B, N]))
+    ->  dot(reshape(A3, [T*B, K]).T, reshape(G[::-1], [T*B, N]))
 
-reads ``A`` as the forward loop made it and ``G[::-1]``, which XLA cancels with the
-scan's own reversal. Each operand must be reversed at no cost: a reversed slice, an
-elementwise function of such values, a transpose of one, or a per-step output of a
-scan that runs backwards.
+does two things:
 
-What it saves is work in the copy XLA makes of ``A`` transposed (``[K, T*B]``, the
-layout its product library takes): with the reversal in it, that copy goes element
-by element. At B=32 T=100 K=256 on one core (2026-12-05), ``(f[::-1] * h[::-1]).T``
-took 1.47-1.86 ms against 0.32 ms for ``(f * h).T``; in the custom cell of
-``benchmarks/`` that copy went from 4.18 to 1.09 ms, and its forward+gradient on JAX
-from 61.8 to 58.9 ms (medians of 36 calls alternated with a copy compiled without
-the rewrite; the LSTM 92.5 -> 92.0, the GRU unchanged).
+* **time order** (:func:`in_time_order`): a sum does not depend on the order of its
+  terms, so the product reads ``A3`` as the forward loop made it, and ``G[::-1]``,
+  which XLA cancels with the scan's own reversal. Each operand must be reversed at
+  no cost (:func:`unreversed`): a reversed slice, an elementwise function of such
+  values, a transpose of one, or a per-step output of a scan that runs backwards.
+  Both summed axes must merge the steps with a batch of the same static size (the
+  product needs the summed sizes equal, so the steps are equal too), so that
+  reversing the steps permutes the terms of both alike.
+* **rows** (:func:`as_rows`): the transposed 3-D array reshaped is the transpose
+  of a matrix of rows, a form of product XLA takes as it is where its operand is
+  narrow (:data:`rnnc.jaxsetup.COPY_TRANSPOSED_FROM`). Otherwise XLA copies ``A``
+  transposed for its product library, element by element, slower still with a
+  reversal in it.
 
-The operands' summed axes must each merge the steps with a batch of the same static
-size (the product needs the summed sizes equal, so the steps are equal too), so
-that reversing the steps permutes the terms of both alike. The result is the same
-sum, its terms added in another order. The rewrite runs in the JAX mode only, where
-the reversal of a per-step output cancels.
+Measured at B=32 T=100 K=256 on one core (2026-12-05): ``(f[::-1] * h[::-1]).T``
+took 1.47-1.86 ms to copy, ``(f * h).T`` 0.32 ms; ``x3.transpose(2, 0, 1)`` reshaped
+times ``g`` 5.82 ms, ``x3`` reshaped, transposed, times ``g`` 4.81 ms. Time order
+alone made the custom cell's forward+gradient of ``benchmarks/`` on JAX 58.9
+against 61.8 ms, the LSTM 92.0 against 92.5; with rows and the threshold of
+:func:`rnnc.jaxsetup.patch_dot`, against neither (calls alternated, medians of 33):
+the custom cell 58.9 against 63.1 ms, the LSTM 91.7 against 95.0, the GRU 71.9
+against 73.7; at input size 1024 143.6 against 145.1 (custom cell), 263.6 against
+266.0 (LSTM).
+
+The result is the same sum, its terms added in another order. The rewrite runs in
+the JAX mode only, where the reversal of a per-step output cancels.
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape, SpecifyShape, specify_shape
 from pytensor.tensor.subtensor import Subtensor, get_idx_list
 
-__all__ = ["local_dot_in_time_order", "register"]
+__all__ = ["as_rows", "in_time_order", "local_sum_over_steps", "register", "unreversed"]
 
 _registered = False
 
@@ -138,13 +149,42 @@ def _rebuilt(operand: Variable, value: Variable, new: Variable) -> Variable:
     return owner.op(inner, *owner.inputs[1:])
 
 
-@node_rewriter([Dot])
-def local_dot_in_time_order(fgraph, node: Apply):
-    """``dot(L, R)`` summing over merged (steps, batch) axes of operands reversed in
-    time, as the same product of the operands in time order (see the module)."""
-    left, right = node.inputs
-    if left.ndim != 2 or right.ndim != 2:
+def _untransposed(var: Variable, order: tuple[int, ...]) -> Variable | None:
+    """``v`` with ``var = v.dimshuffle(order)`` at no cost (a transpose, or an
+    elementwise function of transposes and scalars), or None."""
+    owner = var.owner
+    if owner is None:
         return None
+    if isinstance(owner.op, DimShuffle) and tuple(owner.op.new_order) == order:
+        return owner.inputs[0]
+    if isinstance(owner.op, Elemwise):
+        inputs = []
+        for inp in owner.inputs:
+            inner = inp if all(n == 1 for n in inp.type.shape) else _untransposed(inp, order)
+            if inner is None:
+                return None
+            inputs.append(inner)
+        return owner.op(*inputs)
+    return None
+
+
+def as_rows(left: Variable) -> Variable | None:
+    """``reshape(transpose(V, (2, 0, 1)), [K, T*B])``, a left operand summed over
+    steps, as ``reshape(V, [T*B, K]).T``, or None (see the module)."""
+    owner = left.owner
+    if owner is None or not isinstance(owner.op, Reshape) or left.ndim != 2:
+        return None
+    value, target = owner.inputs
+    width = value.type.shape[0] if value.ndim == 3 else None
+    if width is None or not isinstance(target, Constant) or int(target.data[0]) != width:
+        return None
+    inner = _untransposed(value, (2, 0, 1))
+    return None if inner is None else inner.reshape((-1, width)).T
+
+
+def in_time_order(left: Variable, right: Variable) -> tuple[Variable, Variable] | None:
+    """The operands of ``dot(left, right)``, summed over merged (steps, batch) axes
+    and reversed in time, in time order, or None (see the module)."""
     found = [_summed_steps(left, 1), _summed_steps(right, 0)]
     # the same batch size: the product sums over the same number of steps
     if None in found or found[0][2] != found[1][2]:
@@ -155,7 +195,25 @@ def local_dot_in_time_order(fgraph, node: Apply):
         if new is None:
             return None
         operands.append(_rebuilt(operand, value, new))
-    return [node.op(*operands)]
+    return operands[0], operands[1]
+
+
+@node_rewriter([Dot])
+def local_sum_over_steps(fgraph, node: Apply):
+    """A product that sums over the steps of sequences, with its operands in time
+    order (:func:`in_time_order`) and its left one as a transposed matrix of rows
+    (:func:`as_rows`)."""
+    left, right = node.inputs
+    if left.ndim != 2 or right.ndim != 2:
+        return None
+    ordered = in_time_order(left, right)
+    new_left, new_right = (left, right) if ordered is None else ordered
+    rows = as_rows(new_left)
+    if rows is not None:
+        new_left = rows
+    if new_left is left and new_right is right:
+        return None
+    return [node.op(new_left, new_right)]
 
 
 def register() -> None:
@@ -167,8 +225,8 @@ def register() -> None:
     from pytensor.compile.mode import optdb
 
     optdb.register(
-        "rnnc_dot_in_time_order",
-        dfs_rewriter(local_dot_in_time_order, ignore_newtrees=True),
+        "rnnc_sums_over_steps",
+        dfs_rewriter(local_sum_over_steps, ignore_newtrees=True),
         "jax",
         position=2.55,  # after rnnc_join_of_slices (2.5)
     )
