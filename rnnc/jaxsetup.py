@@ -79,6 +79,7 @@ __all__ = [
     "patch_dot",
     "patch_reversed_scans",
     "patch_sum",
+    "runs_backwards",
     "setup",
 ]
 
@@ -196,7 +197,7 @@ def patch_dot() -> None:
 
 
 def patch_reversed_scans() -> None:
-    """Run a scan whose sequences are all reversed in time (:func:`_runs_backwards`)
+    """Run a scan whose sequences are all reversed in time (:func:`runs_backwards`)
     as ``lax.scan(..., reverse=True)`` over the sequences turned back."""
     import jax
     import pytensor.link.jax.dispatch.scan as dispatch
@@ -220,7 +221,7 @@ def patch_reversed_scans() -> None:
     dispatch.jax_scan = jax_scan
 
     def around(fn: Callable, node: Any) -> Callable:
-        if not _runs_backwards(node):
+        if not runs_backwards(node):
             return fn
 
         def backwards(*args: Any) -> Any:
@@ -235,7 +236,7 @@ def patch_reversed_scans() -> None:
     _wrap_dispatch(Scan, around)
 
 
-def _runs_backwards(node: Any) -> bool:
+def runs_backwards(node: Any) -> bool:
     """Whether every sequence of a scan is reversed in time (:func:`_reversed`)."""
     sequences = node.op.outer_seqs(node.inputs)
     return bool(sequences) and all(_reversed(s) for s in sequences)

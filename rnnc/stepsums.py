@@ -55,6 +55,8 @@ from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape, SpecifyShape, specify_shape
 from pytensor.tensor.subtensor import Subtensor, get_idx_list
 
+from rnnc.jaxsetup import runs_backwards
+
 __all__ = ["as_rows", "in_time_order", "local_sum_over_steps", "register", "unreversed"]
 
 _registered = False
@@ -92,7 +94,7 @@ def unreversed(var: Variable, axis: int) -> Variable | None:
             return None  # only a permutation of the axes
         inner = unreversed(owner.inputs[0], order[axis])
         return None if inner is None else op(inner)
-    if isinstance(op, Elemwise):
+    if isinstance(op, Elemwise) and len(owner.outputs) == 1:
         inputs = []
         for inp in owner.inputs:
             if inp.type.shape[axis] == 1:  # broadcast along the axis
@@ -104,10 +106,8 @@ def unreversed(var: Variable, axis: int) -> Variable | None:
             inputs.append(inner)
         return op(*inputs)
     if isinstance(op, Scan) and axis == 0:
-        from rnnc.jaxsetup import _runs_backwards
-
         per_step = op.outer_nitsot_outs(owner.outputs)
-        if var in per_step and _runs_backwards(owner):
+        if var in per_step and runs_backwards(owner):
             return _flip(var, 0)
     return None
 
@@ -157,7 +157,7 @@ def _untransposed(var: Variable, order: tuple[int, ...]) -> Variable | None:
         return None
     if isinstance(owner.op, DimShuffle) and tuple(owner.op.new_order) == order:
         return owner.inputs[0]
-    if isinstance(owner.op, Elemwise):
+    if isinstance(owner.op, Elemwise) and len(owner.outputs) == 1:
         inputs = []
         for inp in owner.inputs:
             inner = inp if all(n == 1 for n in inp.type.shape) else _untransposed(inp, order)
