@@ -47,6 +47,9 @@ the JAX mode only, where the reversal of a per-step output cancels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.scan.op import Scan
@@ -76,6 +79,21 @@ def _reversed_step(var: Variable, axis: int) -> bool:
     return getattr(step, "data", step) == -1
 
 
+def _elementwise(owner: Apply, kept: Callable, convert: Callable, arg: Any) -> Variable | None:
+    """The single-output elementwise op of ``owner`` on its inputs, each one that
+    ``kept`` does not accept replaced by ``convert(input, arg)``; None where that
+    is None for one of them."""
+    if len(owner.outputs) != 1:
+        return None
+    inputs = []
+    for inp in owner.inputs:
+        inner = inp if kept(inp) else convert(inp, arg)
+        if inner is None:
+            return None
+        inputs.append(inner)
+    return owner.op(*inputs)
+
+
 def unreversed(var: Variable, axis: int) -> Variable | None:
     """``var`` reversed along ``axis``, where that costs nothing (see the module):
     the new graph, or None."""
@@ -94,17 +112,8 @@ def unreversed(var: Variable, axis: int) -> Variable | None:
             return None  # only a permutation of the axes
         inner = unreversed(owner.inputs[0], order[axis])
         return None if inner is None else op(inner)
-    if isinstance(op, Elemwise) and len(owner.outputs) == 1:
-        inputs = []
-        for inp in owner.inputs:
-            if inp.type.shape[axis] == 1:  # broadcast along the axis
-                inputs.append(inp)
-                continue
-            inner = unreversed(inp, axis)
-            if inner is None:
-                return None
-            inputs.append(inner)
-        return op(*inputs)
+    if isinstance(op, Elemwise):  # inputs broadcast along the axis stay as they are
+        return _elementwise(owner, lambda i: i.type.shape[axis] == 1, unreversed, axis)
     if isinstance(op, Scan) and axis == 0:
         per_step = op.outer_nitsot_outs(owner.outputs)
         if var in per_step and runs_backwards(owner):
@@ -130,7 +139,7 @@ def _summed_steps(operand: Variable, summed: int) -> tuple[Variable, int, int] |
     if value.ndim != 3 or not isinstance(target, Constant):
         return None
     shape, got = value.type.shape, [int(n) for n in target.data]
-    axis = 0 if summed == 0 else 1
+    axis = summed  # the value's axes (axis, axis + 1) are merged
     batch, kept = shape[axis + 1], shape[2 - 2 * axis]
     merged = None if None in shape[axis : axis + 2] else shape[axis] * batch
     if batch is None or kept is None:
@@ -157,14 +166,10 @@ def _untransposed(var: Variable, order: tuple[int, ...]) -> Variable | None:
         return None
     if isinstance(owner.op, DimShuffle) and tuple(owner.op.new_order) == order:
         return owner.inputs[0]
-    if isinstance(owner.op, Elemwise) and len(owner.outputs) == 1:
-        inputs = []
-        for inp in owner.inputs:
-            inner = inp if all(n == 1 for n in inp.type.shape) else _untransposed(inp, order)
-            if inner is None:
-                return None
-            inputs.append(inner)
-        return owner.op(*inputs)
+    if isinstance(owner.op, Elemwise):  # scalars stay as they are
+        return _elementwise(
+            owner, lambda i: all(n == 1 for n in i.type.shape), _untransposed, order
+        )
     return None
 
 

@@ -77,8 +77,8 @@ def test_a_product_with_a_transposed_left_operand_copies_it_first(jax_typify):
     "width", [jaxsetup.COPY_TRANSPOSED_FROM - 1, jaxsetup.COPY_TRANSPOSED_FROM]
 )
 def test_only_a_wide_transposed_operand_is_copied(jax_typify, width):
-    """``x.T @ y`` with ``x`` of a static width under the threshold: XLA reads ``x`` as
-    it is, which was faster for narrow ones (the module)."""
+    """``x.T @ y`` with ``x`` of a static width: copied first from the threshold on;
+    under it XLA reads ``x`` as it is, which was faster for narrow ones (the module)."""
     x = pt.matrix("x", dtype="float32", shape=(2, width))
     y = pt.matrix("y", dtype="float32", shape=(2, 3))
     a, b = np.ones((2, width), "float32"), np.ones((2, 3), "float32")
