@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import cscan, jaxlink, jaxsetup, march, pch, simd
+from rnnc import blaskernels, cscan, jaxlink, jaxsetup, march, pch, simd
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 from rnnc.files import write_atomically
@@ -112,16 +112,21 @@ def user_blas_flags() -> str | None:
 
 
 def configure_blas() -> str:
-    """Link the C backend to OpenBLAS when it is installed and no flags were chosen.
+    """Link the C backend to OpenBLAS when it is installed and no flags were chosen,
+    with kernels for this CPU where OpenBLAS does not know it (:mod:`rnnc.blaskernels`).
 
     Returns the flags in force. Must run before the first C compilation of a BLAS op
     to take effect there; :func:`configure` runs it when a function is compiled.
     """
     import pytensor
 
-    if user_blas_flags() is None and find_openblas() is not None:
+    openblas = find_openblas()
+    if user_blas_flags() is None and openblas is not None:
         pytensor.config.blas__ldflags = "-lopenblas"
-    return pytensor.config.blas__ldflags
+    flags = pytensor.config.blas__ldflags
+    if openblas is not None and "openblas" in flags:
+        blaskernels.choose(openblas, cache_dir() / "openblas.json" if enabled() else None)
+    return flags
 
 
 def configure_c() -> None:

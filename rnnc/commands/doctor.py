@@ -51,8 +51,11 @@ def _ml_dtypes() -> tuple[str, str, str | None]:
 def _openblas_kernels(path: Any) -> tuple[str, str, str | None]:
     """The kernels the system OpenBLAS runs here (``openblas_get_corename``): a
     ``DYNAMIC_ARCH`` build picks them by CPU unless ``OPENBLAS_CORETYPE`` forces some
-    (docs/backends.md: what that costs)."""
+    (docs/backends.md: what that costs), or rnnc does for a CPU OpenBLAS does not know
+    (:mod:`rnnc.blaskernels`)."""
     import ctypes
+
+    from rnnc import blaskernels
 
     try:
         lib = ctypes.CDLL(str(path))
@@ -71,6 +74,17 @@ def _openblas_kernels(path: Any) -> tuple[str, str, str | None]:
             "OPENBLAS_CORETYPE was set in your environment; keep it if it was set because "
             "this OpenBLAS computes wrong results on this CPU, else unset it to let "
             "OpenBLAS pick the kernels of this CPU",
+        )
+    if blaskernels.chosen:
+        why = f"chosen by rnnc: this OpenBLAS does not know this CPU, its pick is {blaskernels.FALLBACK}"
+        return ("OpenBLAS kernels", f"{core} ({version}; {why})", None)
+    wider = blaskernels.widest_kernels(blaskernels.cpu_flags())
+    if core == blaskernels.FALLBACK and wider:
+        return (
+            "OpenBLAS kernels",
+            f"{core} ({version}: its fallback for a CPU it does not know)",
+            f"unset RNNC_BLAS_KERNELS to let rnnc load it with the {wider} kernels "
+            "this CPU can run (several times faster)",
         )
     return ("OpenBLAS kernels", f"{core} ({version}, chosen for this CPU)", None)
 
