@@ -22,12 +22,8 @@ keep within ``$RNNC_CACHE_MAX_MB`` (1024 MB; the least recently used go first). 
 keeps the result of PyTensor's probe of the CPU for C compiler flags
 (:mod:`rnnc.march`), which every process using the C backend paid 0.23-0.26 s for.
 
-BLAS: PyTensor's C backend links a BLAS through ``pytensor.config.blas__ldflags``.
-A pip install finds none on Debian/Ubuntu even with ``libopenblas-dev`` installed
-(PyTensor looks for ``libcblas``, or for ``libgfortran.so``/``libgomp.so`` next to
-OpenBLAS). :func:`configure_blas` sets ``-lopenblas`` when the library is there and
-the user has not chosen flags. :func:`configure_c` also drops the debug information
-PyTensor asks of the C compiler (a fifth of a cold compile).
+The C backend's BLAS is :mod:`rnnc.blas`'s job; :func:`configure_c` also drops the
+debug information PyTensor asks of the C compiler (a fifth of a cold compile).
 """
 
 from __future__ import annotations
@@ -43,7 +39,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import blaskernels, cscan, jaxlink, jaxsetup, march, pch, simd
+from rnnc import blas, cscan, jaxlink, jaxsetup, march, pch, simd
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 from rnnc.files import write_atomically
@@ -53,15 +49,12 @@ __all__ = [
     "cached_function",
     "clear",
     "configure",
-    "configure_blas",
     "configure_c",
     "configure_jax",
-    "find_openblas",
     "keep_freed_memory",
     "key_digest",
     "max_bytes",
     "trim",
-    "user_blas_flags",
 ]
 
 _configured: set[str] = set()
@@ -79,58 +72,8 @@ def enabled() -> bool:
     return not switched_off("RNNC_CACHE")
 
 
-# ---------------------------------------------------------------- BLAS
-def _library_dirs() -> list[Path]:
-    dirs = [Path(p) for p in os.environ.get("LIBRARY_PATH", "").split(":") if p]
-    dirs += [Path(sys.prefix) / "lib", Path("/usr/local/lib"), Path("/usr/lib"), Path("/lib")]
-    dirs += sorted(Path("/usr/lib").glob("*-linux-gnu")) + sorted(Path("/lib").glob("*-linux-gnu"))
-    return [d for d in dirs if d.is_dir()]
-
-
-def find_openblas() -> Path | None:
-    """The OpenBLAS a linker would take for ``-lopenblas`` (``libopenblas.so``), or None."""
-    for directory in _library_dirs():
-        for name in ("libopenblas.so", "libopenblas.dylib"):
-            if (directory / name).exists():
-                return directory / name
-    return None
-
-
-def user_blas_flags() -> str | None:
-    """The BLAS flags the user gave PyTensor (``PYTENSOR_FLAGS`` or ``.pytensorrc``), or None."""
-    flags = os.environ.get("PYTENSOR_FLAGS", "")
-    for part in flags.split(","):
-        name, _, value = part.partition("=")
-        if name.strip() in ("blas__ldflags", "blas.ldflags"):
-            return value.strip()
-    rcs = os.environ.get("PYTENSORRC", "~/.pytensorrc").split(os.pathsep)
-    for rc in rcs:
-        path = Path(rc).expanduser()
-        if path.is_file() and "ldflags" in path.read_text(errors="replace"):
-            return "(set in " + str(path) + ")"
-    return None
-
-
-def configure_blas() -> str:
-    """Link the C backend to OpenBLAS when it is installed and no flags were chosen,
-    with kernels for this CPU where OpenBLAS does not know it (:mod:`rnnc.blaskernels`).
-
-    Returns the flags in force. Must run before the first C compilation of a BLAS op
-    to take effect there; :func:`configure` runs it when a function is compiled.
-    """
-    import pytensor
-
-    openblas = find_openblas()
-    if user_blas_flags() is None and openblas is not None:
-        pytensor.config.blas__ldflags = "-lopenblas"
-    flags = pytensor.config.blas__ldflags
-    if openblas is not None and "openblas" in flags:
-        blaskernels.choose(openblas, cache_dir() / "openblas.json" if enabled() else None)
-    return flags
-
-
 def configure_c() -> None:
-    """Set up PyTensor's C backend: BLAS (:func:`configure_blas`), and C modules built
+    """Set up PyTensor's C backend: BLAS (:func:`rnnc.blas.configure`), and C modules built
     without debug information (``-g0`` added to ``pytensor.config.gcc__cxxflags``,
     unless the user's flags already choose a ``-g`` level).
 
@@ -141,7 +84,7 @@ def configure_c() -> None:
     """
     import pytensor
 
-    configure_blas()
+    blas.configure()
     simd.register()
     cscan.register()
     flags = pytensor.config.gcc__cxxflags

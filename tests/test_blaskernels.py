@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from rnnc import blaskernels
-from rnnc.cache import find_openblas
+from rnnc.blas import find_openblas
 
 AVX512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "sse3"}
 

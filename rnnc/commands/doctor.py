@@ -135,7 +135,7 @@ def diagnose() -> list[tuple[str, str, str | None]]:
     import pytensor
 
     import rnnc
-    from rnnc import cache
+    from rnnc import blas, cache
     from rnnc.compile import default_backend
 
     rows: list[tuple[str, str, str | None]] = [
@@ -155,21 +155,23 @@ def diagnose() -> list[tuple[str, str, str | None]]:
         _parallel_compile(),
         _vector_loops(),
     ]
-    user = cache.user_blas_flags()
-    openblas = cache.find_openblas()
-    flags = cache.configure_blas()
+    user, mkl, openblas = blas.user_flags(), blas.find_mkl(), blas.find_openblas()
+    flags = blas.configure()
     if flags:
-        how = "set by you" if user is not None else "set by rnnc (system OpenBLAS found)"
+        found = "pip's MKL found" if mkl is not None else "system OpenBLAS found"
+        how = "set by you" if user is not None else f"set by rnnc ({found})"
         rows.append(("C backend BLAS", f"{flags} ({how})", None))
     else:
         rows.append(
             (
                 "C backend BLAS",
                 "none: matrix products go through NumPy's C API",
-                "Debian/Ubuntu: apt-get install libopenblas-dev (rnnc then links it by "
-                "itself); elsewhere set PYTENSOR_FLAGS=blas__ldflags='-L/path -lopenblas'",
+                "Debian/Ubuntu: apt-get install libopenblas-dev, or pip install mkl "
+                "(rnnc then links it by itself); elsewhere set "
+                "PYTENSOR_FLAGS=blas__ldflags='-L/path -lopenblas'",
             )
         )
+    rows.append(("MKL from pip", str(mkl) if mkl else "not installed", None))
     rows.append(("system OpenBLAS", str(openblas) if openblas else "not found", None))
     if openblas and "openblas" in flags:
         rows.append(_openblas_kernels(openblas))
