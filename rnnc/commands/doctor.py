@@ -76,7 +76,7 @@ def _openblas_kernels(path: Any) -> tuple[str, str, str | None]:
             "OpenBLAS pick the kernels of this CPU",
         )
     if blaskernels.chosen:
-        why = f"chosen by rnnc: this OpenBLAS does not know this CPU, its pick is {blaskernels.FALLBACK}"
+        why = "chosen by rnnc: this OpenBLAS does not know this CPU"
         return ("OpenBLAS kernels", f"{core} ({version}; {why})", None)
     wider = blaskernels.widest_kernels(blaskernels.cpu_flags())
     if core == blaskernels.FALLBACK and wider:
