@@ -7,12 +7,12 @@ itself on a pip install is often nothing: it looks for ``libcblas``, or for
 products then go through NumPy's C API. Unless the user set the flags (``PYTENSOR_FLAGS``
 or ``.pytensorrc``), :func:`configure` links, in this order:
 
-1. **MKL from pip** (``pip install rnnc[mkl]``: ``libmkl_rt.so.N`` in the environment's
+1. **MKL from pip** (rnnc's ``mkl`` extra: ``libmkl_rt.so.N`` in the environment's
    ``lib``), through a link named ``libmkl_rt.so`` in rnnc's cache and a run path to
    the wheel's directory. On an Intel Xeon (family 6, model 207, AVX-512), one core,
    2026-12-05, the medium LSTM's forward+gradient on C ran at 1.18-1.24x
    ``torch.nn.LSTM`` with MKL 2026.2 against 1.41-1.47x with OpenBLAS 0.3.21: MKL's
-   products of a step (``[32,256] @ [256,1024]``) take 95 us against OpenBLAS's 166.
+   products of a step (``[32,256] @ [256,1024]``) take 95-150 us against OpenBLAS's 166.
    On AMD EPYC it was no faster than OpenBLAS (docs/backends.md), and no slower.
    MKL's results depend on how its operands are aligned in memory unless
    ``MKL_CBWR=AUTO,STRICT``, which rnnc sets (where the user has not set the variable)
