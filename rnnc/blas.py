@@ -11,14 +11,17 @@ or ``.pytensorrc``), :func:`configure` links, in this order:
    ``lib``), through a link named ``libmkl_rt.so`` in rnnc's cache and a run path to
    the wheel's directory. On an Intel Xeon (family 6, model 207, AVX-512), one core,
    2026-12-05, the medium LSTM's forward+gradient on C ran at 1.18-1.24x
-   ``torch.nn.LSTM`` with MKL 2026.2 against 1.41-1.47x with OpenBLAS 0.3.21: MKL's
-   products of a step (``[32,256] @ [256,1024]``) take 95-150 us against OpenBLAS's 166.
+   ``torch.nn.LSTM`` with MKL 2026.2 (no ``MKL_CBWR``) against 1.41-1.47x with
+   OpenBLAS 0.3.21: MKL's products of a step (``[32,256] @ [256,1024]``) take 95-150
+   us against OpenBLAS's 166.
    On AMD EPYC it was no faster than OpenBLAS (docs/backends.md), and no slower.
    MKL's results depend on how its operands are aligned in memory unless
    ``MKL_CBWR=AUTO,STRICT``, which rnnc sets (where the user has not set the variable)
    so that a run resumed from a checkpoint computes what the first run did: without
    it, a product of a padded and of an unpadded weight matrix differed in the last
-   bit. It cost nothing measurable on the products of the medium LSTM.
+   bit. It costs a step's products about 15% (``[32,256] @ [256,1024]``: 125-136 us
+   against 107-126, five processes each), some 2 ms of the LSTM's 80; whoever
+   needs no reproducible results sets ``MKL_CBWR=AUTO`` for that.
 2. **The system OpenBLAS** (Debian/Ubuntu: ``apt-get install libopenblas-dev``), with
    its kernels checked by :mod:`rnnc.blaskernels`.
 """
