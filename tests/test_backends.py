@@ -506,3 +506,15 @@ def test_the_precompiled_python_header_is_valid_for_pytensors_modules(tmp_path):
         check=True,
     )
     assert out.stderr.splitlines()[0] == f"! {folder}/Python.h.gch"
+
+
+def test_doctor_advises_pips_mkl_on_an_intel_cpu_only(monkeypatch, tmp_path):
+    from rnnc.commands import doctor
+
+    monkeypatch.setattr(doctor, "_intel_cpu", lambda: True)
+    what, finding, advice = doctor._mkl(None, user_flags=False)
+    assert (what, finding) == ("MKL from pip", "not installed") and "pip install mkl" in advice
+    assert doctor._mkl(None, user_flags=True)[2] is None  # the user chose a BLAS
+    assert doctor._mkl(tmp_path / "libmkl_rt.so.3", user_flags=False)[2] is None
+    monkeypatch.setattr(doctor, "_intel_cpu", lambda: False)
+    assert doctor._mkl(None, user_flags=False)[2] is None

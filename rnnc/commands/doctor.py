@@ -89,6 +89,31 @@ def _openblas_kernels(path: Any) -> tuple[str, str, str | None]:
     return ("OpenBLAS kernels", f"{core} ({version}, chosen for this CPU)", None)
 
 
+def _intel_cpu() -> bool:
+    """Whether this is an Intel CPU of x86-64 (Linux's ``/proc/cpuinfo``)."""
+    try:
+        return (
+            platform.machine() in ("x86_64", "AMD64")
+            and "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+        )
+    except OSError:
+        return False
+
+
+def _mkl(path: Path | None, user_flags: bool) -> tuple[str, str, str | None]:
+    """pip's MKL, which rnnc links before OpenBLAS (:mod:`rnnc.blas`); on an Intel CPU
+    without it, the advice to install it (the C backend's LSTM was 15% faster)."""
+    if path is not None:
+        return ("MKL from pip", str(path), None)
+    advice = None
+    if _intel_cpu() and not user_flags:
+        advice = (
+            "on this Intel CPU, pip install mkl (rnnc's [mkl] extra) makes the C "
+            "backend's products faster (an LSTM's training step: about 15%)"
+        )
+    return ("MKL from pip", "not installed", advice)
+
+
 def _parallel_compile() -> tuple[str, str, str | None]:
     """How many C modules rnnc compiles at once (``rnnc.cbuild``)."""
     from rnnc.cbuild import workers
@@ -171,7 +196,7 @@ def diagnose() -> list[tuple[str, str, str | None]]:
                 "PYTENSOR_FLAGS=blas__ldflags='-L/path -lopenblas'",
             )
         )
-    rows.append(("MKL from pip", str(mkl) if mkl else "not installed", None))
+    rows.append(_mkl(mkl, user is not None))
     rows.append(("system OpenBLAS", str(openblas) if openblas else "not found", None))
     if openblas and "openblas" in flags:
         rows.append(_openblas_kernels(openblas))
