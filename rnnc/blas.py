@@ -34,7 +34,7 @@ from pathlib import Path
 
 from rnnc import blaskernels
 
-__all__ = ["configure", "find_mkl", "find_openblas", "mkl_flags", "user_flags"]
+__all__ = ["configure", "find_mkl", "find_openblas", "linked_mkl", "mkl_flags", "user_flags"]
 
 
 def _library_dirs() -> list[Path]:
@@ -80,6 +80,13 @@ def mkl_flags(library: Path, links: Path | None) -> str:
         except OSError:
             pass
     return f"-L{folder} -l:{library.name} {rpath}"
+
+
+def linked_mkl() -> bool:
+    """Whether PyTensor's C backend links MKL (``mkl_rt`` in its BLAS flags)."""
+    import pytensor
+
+    return "mkl_rt" in pytensor.config.blas__ldflags
 
 
 def user_flags() -> str | None:

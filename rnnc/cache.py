@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import blas, cscan, jaxlink, jaxsetup, march, pch, simd
+from rnnc import blas, cscan, jaxlink, jaxsetup, march, mklpacked, pch, simd
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 from rnnc.files import write_atomically
@@ -87,6 +87,7 @@ def configure_c() -> None:
     blas.configure()
     simd.register()
     cscan.register()
+    mklpacked.register()
     flags = pytensor.config.gcc__cxxflags
     if not any(f.startswith("-g") for f in flags.split()):
         pytensor.config.gcc__cxxflags = f"{flags} -g0".strip()
@@ -215,6 +216,7 @@ def _versions() -> dict[str, str]:
         "python": sys.version.split()[0],
         "blas": str(pytensor.config.blas__ldflags),
         "vector loops": simd.in_use(),  # RNNC_SIMD=0 compiles other C code
+        "mkl packed": mklpacked.in_use(),  # RNNC_MKL_PACKED=0 too
     }
 
 

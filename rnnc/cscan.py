@@ -55,6 +55,8 @@ and before the in-place ones; XLA and Numba choose their own layouts and buffers
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytensor.scalar as ps
 import pytensor.tensor as pt
@@ -76,6 +78,7 @@ __all__ = [
     "local_elemwise_of_transposes",
     "local_transposed_sums",
     "local_untraced_sums",
+    "rebuilt_scan",
     "register",
 ]
 
@@ -220,6 +223,21 @@ def _transposed_copy(var):
     return cpu_contiguous(var.T)
 
 
+def rebuilt_scan(op: Scan, inputs: list, outputs: list, info: Any) -> Scan:
+    """A scan like ``op`` (mode, name, truncation, garbage collection) with another
+    step: ``inputs`` and ``outputs`` of its inner graph, described by ``info``."""
+    return Scan(
+        inputs,
+        outputs,
+        info,
+        mode=op.mode,
+        profile=op.profile,
+        truncate_gradient=op.truncate_gradient,
+        name=op.name,
+        allow_gc=op.allow_gc,
+    )
+
+
 @node_rewriter([Scan])
 def local_transposed_sums(fgraph, node: Apply):
     """Keep each wide untraced state of a scan transposed (see the module).
@@ -248,16 +266,7 @@ def local_transposed_sums(fgraph, node: Apply):
     for k in picked:
         outputs[first_out + k] = outputs[first_out + k].T
     inputs = [stand_ins.get(var, var) for var in op.inner_inputs]
-    new_op = Scan(
-        inputs,
-        outputs,
-        info,
-        mode=op.mode,
-        profile=op.profile,
-        truncate_gradient=op.truncate_gradient,
-        name=op.name,
-        allow_gc=op.allow_gc,
-    )
+    new_op = rebuilt_scan(op, inputs, outputs, info)
     outer = list(node.inputs)
     first_in = 1 + info.n_seqs + info.n_mit_mot + info.n_mit_sot + info.n_sit_sot
     for k in picked:
