@@ -518,3 +518,17 @@ def test_doctor_advises_pips_mkl_on_an_intel_cpu_only(monkeypatch, tmp_path):
     assert doctor._mkl(tmp_path / "libmkl_rt.so.3", user_flags=False)[2] is None
     monkeypatch.setattr(doctor, "_intel_cpu", lambda: False)
     assert doctor._mkl(None, user_flags=False)[2] is None
+
+
+def test_doctor_says_whether_loops_multiply_by_packed_weights(monkeypatch, tmp_path):
+    from rnnc import mklpacked
+    from rnnc.commands import doctor
+
+    library = tmp_path / "libmkl_rt.so.3"
+    monkeypatch.setattr(mklpacked, "in_use", lambda: True)
+    assert doctor._mkl(library, user_flags=False)[1].endswith("(loops multiply by packed weights)")
+    monkeypatch.setattr(mklpacked, "in_use", lambda: False)
+    monkeypatch.setenv("RNNC_MKL_PACKED", "0")
+    assert "RNNC_MKL_PACKED=0" in doctor._mkl(library, user_flags=False)[1]
+    monkeypatch.delenv("RNNC_MKL_PACKED")
+    assert doctor._mkl(library, user_flags=False)[1] == str(library)  # MKL found, not linked

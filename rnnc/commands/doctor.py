@@ -101,9 +101,17 @@ def _intel_cpu() -> bool:
 
 
 def _mkl(path: Path | None, user_flags: bool) -> tuple[str, str, str | None]:
-    """pip's MKL, which rnnc links before OpenBLAS (:mod:`rnnc.blas`); on an Intel CPU
+    """pip's MKL, which rnnc links before OpenBLAS (:mod:`rnnc.blas`), and whether
+    loops multiply through its packed products (:mod:`rnnc.mklpacked`); on an Intel CPU
     without it, the advice to install it (the C backend's LSTM was 15% faster)."""
     if path is not None:
+        from rnnc import mklpacked
+        from rnnc.env import switched_off
+
+        if mklpacked.in_use():
+            return ("MKL from pip", f"{path} (loops multiply by packed weights)", None)
+        if switched_off("RNNC_MKL_PACKED"):
+            return ("MKL from pip", f"{path} (packed products off: RNNC_MKL_PACKED=0)", None)
         return ("MKL from pip", str(path), None)
     advice = None
     if _intel_cpu() and not user_flags:
