@@ -24,7 +24,8 @@ The rewrite :func:`local_packed_products`, for a scan::
 buffer cannot be copied or moved, so it is no value of the graph) and packs again
 when the number changes: once per call, at the first step. Between calls the
 weights may have changed in place (an optimiser's update), so a buffer is never
-reused across calls.
+reused across calls. Each node keeps its buffer while the compiled function lives:
+MKL asks 8-16 MB for any of the matrices measured, ``[256, 256]`` included.
 
 The products of whole cells (medium size, one process compiling both, calls
 alternated): LSTM forward+gradient 0.90-0.91 of the time without packing, GRU 0.93,
