@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from typing import Any
 
 import numpy as np
@@ -270,11 +271,13 @@ def local_packed_products(fgraph: Any, node: Apply) -> Any:
 
 
 def in_use() -> bool:
-    """Whether the rewrite is on: PyTensor's C backend links MKL and ``RNNC_MKL_PACKED``
-    does not switch it off."""
+    """Whether the rewrite is on: PyTensor's C backend links MKL with 32-bit integers
+    (the C code declares MKL's functions so; ``MKL_INTERFACE_LAYER=ILP64`` makes
+    ``libmkl_rt`` take 64-bit ones) and ``RNNC_MKL_PACKED`` does not switch it off."""
     from rnnc import blas
 
-    return not switched_off("RNNC_MKL_PACKED") and blas.linked_mkl()
+    ilp64 = "ILP64" in os.environ.get("MKL_INTERFACE_LAYER", "").upper()
+    return not switched_off("RNNC_MKL_PACKED") and not ilp64 and blas.linked_mkl()
 
 
 _registered = False

@@ -10,7 +10,7 @@ import pytest
 from pytensor.compile.mode import Mode
 from pytensor.scan.op import Scan
 
-from rnnc import blas, cache
+from rnnc import blas, cache, mklpacked
 from rnnc.compile import function
 from rnnc.mklpacked import CallStamp, PackedDot
 
@@ -25,6 +25,16 @@ def test_call_stamp_is_new_at_every_call_and_never_folded():
     stamp = CallStamp()(pt.constant(np.ones((2, 2))))
     f = function([], stamp, "c")
     assert len({int(f()) for _ in range(3)}) == 3
+
+
+def test_not_in_use_where_mkl_takes_64_bit_integers(monkeypatch):
+    monkeypatch.setattr(blas, "linked_mkl", lambda: True)
+    assert mklpacked.in_use()
+    monkeypatch.setenv("MKL_INTERFACE_LAYER", "ILP64,GNU")
+    assert not mklpacked.in_use()
+    monkeypatch.setenv("MKL_INTERFACE_LAYER", "LP64")
+    monkeypatch.setenv("RNNC_MKL_PACKED", "0")
+    assert not mklpacked.in_use()
 
 
 def test_packed_dot_without_c_code_is_numpys_product():
