@@ -5,36 +5,50 @@ itself on a pip install is often nothing: it looks for ``libcblas``, or for
 ``libgfortran.so``/``libgomp.so`` next to OpenBLAS, or for MKL under names that pip's
 ``mkl`` wheel does not install (``libmkl_rt.so.3``, no ``libmkl_rt.so``). Matrix
 products then go through NumPy's C API. Unless the user set the flags (``PYTENSOR_FLAGS``
-or ``.pytensorrc``), :func:`configure` links, in this order:
+or ``.pytensorrc``), :func:`configure` links one of two, whichever is faster on this
+CPU where both are installed, else the one that is:
 
-1. **MKL from pip** (rnnc's ``mkl`` extra: ``libmkl_rt.so.N`` in the environment's
-   ``lib``), through a link named ``libmkl_rt.so`` in rnnc's cache and a run path to
-   the wheel's directory. On an Intel Xeon (family 6, model 207, AVX-512), one core,
-   2026-12-05, the medium LSTM's forward+gradient on C ran at 1.18-1.24x
-   ``torch.nn.LSTM`` with MKL 2026.2 (no ``MKL_CBWR``) against 1.41-1.47x with
-   OpenBLAS 0.3.21: MKL's products of a step (``[32,256] @ [256,1024]``) take 95-150
-   us against OpenBLAS's 166.
-   On AMD EPYC it was no faster than OpenBLAS (docs/backends.md), and no slower.
-   MKL's results depend on how its operands are aligned in memory unless
-   ``MKL_CBWR=AUTO,STRICT``, which rnnc sets (where the user has not set the variable)
-   so that a run resumed from a checkpoint computes what the first run did: without
-   it, a product of a padded and of an unpadded weight matrix differed in the last
-   bit. It costs a step's products about 15% (``[32,256] @ [256,1024]``: 125-136 us
-   against 107-126, five processes each), some 2 ms of the LSTM's 80; whoever
-   needs no reproducible results sets ``MKL_CBWR=AUTO`` for that.
-2. **The system OpenBLAS** (Debian/Ubuntu: ``apt-get install libopenblas-dev``), with
-   its kernels checked by :mod:`rnnc.blaskernels`.
+* **MKL from pip** (rnnc's ``mkl`` extra: ``libmkl_rt.so.N`` in the environment's
+  ``lib``), first on an Intel CPU, through a link named ``libmkl_rt.so`` in rnnc's
+  cache and a run path to the wheel's directory. On an Intel Xeon (family 6, model
+  207, AVX-512), one core, 2026-12-05, the medium LSTM's forward+gradient on C ran at
+  1.18-1.24x ``torch.nn.LSTM`` with MKL 2026.2 (no ``MKL_CBWR``) against 1.41-1.47x
+  with OpenBLAS 0.3.21: MKL's products of a step (``[32,256] @ [256,1024]``) take
+  95-150 us against OpenBLAS's 166.
+  MKL's results depend on how its operands are aligned in memory unless
+  ``MKL_CBWR=AUTO,STRICT``, which rnnc sets (where the user has not set the variable)
+  so that a run resumed from a checkpoint computes what the first run did: without
+  it, a product of a padded and of an unpadded weight matrix differed in the last
+  bit. It costs a step's products about 15% (``[32,256] @ [256,1024]``: 125-136 us
+  against 107-126, five processes each), some 2 ms of the LSTM's 80; whoever
+  needs no reproducible results sets ``MKL_CBWR=AUTO`` for that.
+* **The system OpenBLAS** (Debian/Ubuntu: ``apt-get install libopenblas-dev``), first
+  on any other CPU, with its kernels checked by :mod:`rnnc.blaskernels`. On an AMD
+  EPYC (family 23, model 49: Zen 2, AVX2), one core, 2026-12-06, the same LSTM ran at
+  1.10-1.11x ``torch.nn.LSTM`` with OpenBLAS 0.3.21 (``Zen`` kernels) against
+  1.27-1.29x with MKL 2026.2, whatever ``MKL_CBWR``, ``MKL_ENABLE_INSTRUCTIONS`` or
+  :mod:`rnnc.mklpacked` said; and at 3.5x with neither (NumPy's C API), so MKL is
+  still linked there when it is the only one.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from pathlib import Path
 
 from rnnc import blaskernels
 
-__all__ = ["configure", "find_mkl", "find_openblas", "linked_mkl", "mkl_flags", "user_flags"]
+__all__ = [
+    "configure",
+    "find_mkl",
+    "find_openblas",
+    "intel_cpu",
+    "linked_mkl",
+    "mkl_flags",
+    "user_flags",
+]
 
 
 def _library_dirs() -> list[Path]:
@@ -42,6 +56,17 @@ def _library_dirs() -> list[Path]:
     dirs += [Path(sys.prefix) / "lib", Path("/usr/local/lib"), Path("/usr/lib"), Path("/lib")]
     dirs += sorted(Path("/usr/lib").glob("*-linux-gnu")) + sorted(Path("/lib").glob("*-linux-gnu"))
     return [d for d in dirs if d.is_dir()]
+
+
+def intel_cpu() -> bool:
+    """Whether this is an Intel CPU of x86-64 (Linux's ``/proc/cpuinfo``)."""
+    try:
+        return (
+            platform.machine() in ("x86_64", "AMD64")
+            and "GenuineIntel" in Path("/proc/cpuinfo").read_text()
+        )
+    except OSError:
+        return False
 
 
 def find_openblas() -> Path | None:
@@ -115,7 +140,7 @@ def configure() -> str:
 
     mkl, openblas = find_mkl(), find_openblas()
     if user_flags() is None:
-        if mkl is not None:
+        if mkl is not None and (openblas is None or intel_cpu()):
             links = cache.cache_dir() / "mkl" if cache.enabled() else None
             pytensor.config.blas__ldflags = mkl_flags(mkl, links)
             os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # read when MKL loads

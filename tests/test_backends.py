@@ -509,26 +509,33 @@ def test_the_precompiled_python_header_is_valid_for_pytensors_modules(tmp_path):
 
 
 def test_doctor_advises_pips_mkl_on_an_intel_cpu_only(monkeypatch, tmp_path):
+    from rnnc import blas
     from rnnc.commands import doctor
 
-    monkeypatch.setattr(doctor, "_intel_cpu", lambda: True)
+    monkeypatch.setattr(blas, "intel_cpu", lambda: True)
     what, finding, advice = doctor._mkl(None, user_flags=False)
     assert (what, finding) == ("MKL from pip", "not installed") and "pip install mkl" in advice
     assert doctor._mkl(None, user_flags=True)[2] is None  # the user chose a BLAS
     assert doctor._mkl(tmp_path / "libmkl_rt.so.3", user_flags=False)[2] is None
-    monkeypatch.setattr(doctor, "_intel_cpu", lambda: False)
+    monkeypatch.setattr(blas, "intel_cpu", lambda: False)
     assert doctor._mkl(None, user_flags=False)[2] is None
 
 
-def test_doctor_says_whether_loops_multiply_by_packed_weights(monkeypatch, tmp_path):
-    from rnnc import mklpacked
+def test_doctor_says_whether_mkl_is_linked_and_loops_multiply_by_packed_weights(
+    monkeypatch, tmp_path
+):
+    from rnnc import blas, mklpacked
     from rnnc.commands import doctor
 
     library = tmp_path / "libmkl_rt.so.3"
+    monkeypatch.setattr(blas, "linked_mkl", lambda: True)
     monkeypatch.setattr(mklpacked, "in_use", lambda: True)
     assert doctor._mkl(library, user_flags=False)[1].endswith("(loops multiply by packed weights)")
     monkeypatch.setattr(mklpacked, "in_use", lambda: False)
     monkeypatch.setenv("RNNC_MKL_PACKED", "0")
     assert "RNNC_MKL_PACKED=0" in doctor._mkl(library, user_flags=False)[1]
     monkeypatch.delenv("RNNC_MKL_PACKED")
-    assert doctor._mkl(library, user_flags=False)[1] == str(library)  # MKL found, not linked
+    assert doctor._mkl(library, user_flags=False)[1] == str(library)
+    monkeypatch.setattr(blas, "linked_mkl", lambda: False)
+    assert "OpenBLAS is faster on this CPU" in doctor._mkl(library, user_flags=False)[1]
+    assert doctor._mkl(library, user_flags=True)[1] == f"{library} (not linked)"

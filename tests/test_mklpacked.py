@@ -14,10 +14,20 @@ from rnnc import blas, cache, mklpacked
 from rnnc.compile import function
 from rnnc.mklpacked import CallStamp, PackedDot
 
-cache.configure("c")
-needs_mkl = pytest.mark.skipif(
-    not blas.linked_mkl(), reason="PyTensor's C backend does not link MKL here (pip install mkl)"
-)
+needs_mkl = pytest.mark.skipif(blas.find_mkl() is None, reason="no MKL here (pip install mkl)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def link_mkl():
+    """Link pip's MKL where it is installed, as rnnc does on an Intel CPU (elsewhere it
+    prefers a system OpenBLAS); the BLAS of other test modules after."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(blas, "intel_cpu", lambda: True)
+        cache.configure_c()
+        yield
+    cache.configure_c()
+
+
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
 

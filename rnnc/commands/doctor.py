@@ -17,6 +17,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from rnnc import blas
+
 __all__ = ["add_parser", "diagnose", "run"]
 
 
@@ -89,32 +91,25 @@ def _openblas_kernels(path: Any) -> tuple[str, str, str | None]:
     return ("OpenBLAS kernels", f"{core} ({version}, chosen for this CPU)", None)
 
 
-def _intel_cpu() -> bool:
-    """Whether this is an Intel CPU of x86-64 (Linux's ``/proc/cpuinfo``)."""
-    try:
-        return (
-            platform.machine() in ("x86_64", "AMD64")
-            and "GenuineIntel" in Path("/proc/cpuinfo").read_text()
-        )
-    except OSError:
-        return False
-
-
 def _mkl(path: Path | None, user_flags: bool) -> tuple[str, str, str | None]:
-    """pip's MKL, which rnnc links before OpenBLAS (:mod:`rnnc.blas`), and whether
-    loops multiply through its packed products (:mod:`rnnc.mklpacked`); on an Intel CPU
-    without it, the advice to install it (the C backend's LSTM was 15% faster)."""
+    """pip's MKL: whether rnnc links it (before OpenBLAS on an Intel CPU, after it
+    elsewhere: :mod:`rnnc.blas`) and whether loops multiply through its packed
+    products (:mod:`rnnc.mklpacked`); on an Intel CPU without it, the advice to
+    install it (the C backend's LSTM was 15% faster)."""
     if path is not None:
         from rnnc import mklpacked
         from rnnc.env import switched_off
 
+        if not blas.linked_mkl():
+            why = "" if user_flags else ": the system OpenBLAS is faster on this CPU"
+            return ("MKL from pip", f"{path} (not linked{why})", None)
         if mklpacked.in_use():
             return ("MKL from pip", f"{path} (loops multiply by packed weights)", None)
         if switched_off("RNNC_MKL_PACKED"):
             return ("MKL from pip", f"{path} (packed products off: RNNC_MKL_PACKED=0)", None)
         return ("MKL from pip", str(path), None)
     advice = None
-    if _intel_cpu() and not user_flags:
+    if blas.intel_cpu() and not user_flags:
         advice = (
             "on this Intel CPU, pip install mkl (rnnc's [mkl] extra) makes the C "
             "backend's products faster (an LSTM's training step: about 15%)"
@@ -168,7 +163,7 @@ def diagnose() -> list[tuple[str, str, str | None]]:
     import pytensor
 
     import rnnc
-    from rnnc import blas, cache
+    from rnnc import cache
     from rnnc.compile import default_backend
 
     rows: list[tuple[str, str, str | None]] = [
@@ -191,8 +186,10 @@ def diagnose() -> list[tuple[str, str, str | None]]:
     user, mkl, openblas = blas.user_flags(), blas.find_mkl(), blas.find_openblas()
     flags = blas.configure()
     if flags:
-        found = "pip's MKL found" if mkl is not None else "system OpenBLAS found"
-        how = "set by you" if user is not None else f"set by rnnc ({found})"
+        found = "pip's MKL" if blas.linked_mkl() else "the system OpenBLAS"
+        if mkl is not None and openblas is not None:
+            found += ", the faster of two on this CPU"
+        how = "set by you" if user is not None else f"set by rnnc: {found}"
         rows.append(("C backend BLAS", f"{flags} ({how})", None))
     else:
         rows.append(
