@@ -41,14 +41,18 @@ from pytensor.graph.basic import Apply, Constant
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.link.c.op import COp
 from pytensor.scalar import get_scalar_type
+from pytensor.scalar.basic import Composite
+from pytensor.scalar.math import Softplus
 from pytensor.tensor.basic import Join
 from pytensor.tensor.elemwise import Elemwise
 
 from rnnc.env import switched_off
+from rnnc.ops import BranchFreeSoftplus
 
 __all__ = [
     "VectorElemwise",
     "available",
+    "branch_free",
     "in_use",
     "local_joined_outputs",
     "local_vector_elemwise",
@@ -143,7 +147,7 @@ class VectorElemwise(COp):
     __props__ = ("scalar_op", "joined")
 
     def __init__(self, scalar_op: Any, joined: tuple[int, ...] = ()) -> None:
-        self.scalar_op = scalar_op
+        self.scalar_op = branch_free(scalar_op)
         self.joined = tuple(joined)
         self.elemwise = Elemwise(scalar_op)
 
@@ -332,6 +336,25 @@ class VectorElemwise(COp):
 #: (``FULL``), one row repeated for every row (``ROW``: a bias), one value per row
 #: (``COLUMN``: a mask of examples), one value for all (``SCALAR``).
 FULL, ROW, COLUMN, SCALAR = "full", "row", "column", "scalar"
+
+
+def branch_free(scalar_op: Any) -> Any:
+    """``scalar_op`` with every PyTensor ``softplus`` in it (a ``Composite``'s inner
+    graph included) replaced by :class:`rnnc.ops.BranchFreeSoftplus`, whose C code has
+    no branches to keep g++ from vectorising the loop on a CPU without AVX-512."""
+    if type(scalar_op) is Softplus:
+        return BranchFreeSoftplus(scalar_op.output_types_preference, name=scalar_op.name)
+    if not isinstance(scalar_op, Composite):
+        return scalar_op
+    graph = scalar_op.fgraph
+    if all(branch_free(node.op) is node.op for node in graph.apply_nodes):
+        return scalar_op
+    inputs = [i.clone() for i in graph.inputs]
+    new = dict(zip(graph.inputs, inputs, strict=True))
+    for node in graph.toposort():
+        outs = branch_free(node.op).make_node(*(new.get(i, i) for i in node.inputs)).outputs
+        new.update(zip(node.outputs, outs, strict=True))
+    return Composite(inputs, [new.get(o, o) for o in graph.outputs])
 
 
 def _kinds(node: Any) -> list[str] | None:

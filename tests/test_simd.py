@@ -8,10 +8,12 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.graph.fg import FunctionGraph
 from pytensor.link.c.basic import CLinker
+from pytensor.scalar.math import Softplus
 from pytensor.tensor.elemwise import Elemwise
 
 from rnnc import simd
 from rnnc.compile import function
+from rnnc.ops import BranchFreeSoftplus
 
 pytestmark = pytest.mark.skipif(
     not simd.in_use(),
@@ -209,3 +211,18 @@ def test_python_code_for_the_joined_op_too():
     fn = pytensor.function([x], joined, mode="FAST_COMPILE")
     xv = np.arange(6.0).reshape(2, 3)
     np.testing.assert_allclose(fn(xv), np.concatenate([xv + 1, np.exp(xv)], axis=1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softplus_in_a_vector_loop_has_no_branches_and_numpys_values(dtype):
+    """PyTensor's ``softplus`` picks a formula by branches, which keep g++ from
+    vectorising the loop without AVX-512; the loops compute it without."""
+    x = pt.matrix("x", dtype=dtype)
+    fn = function([x], pt.softplus(x) * 2, "c")
+    [node] = [n for n in fn.maker.fgraph.toposort() if isinstance(n.op, simd.VectorElemwise)]
+    inner = node.op.scalar_op.fgraph.toposort()
+    assert any(isinstance(n.op, BranchFreeSoftplus) for n in inner)
+    assert not any(type(n.op) is Softplus for n in inner)
+    xv = np.array([[-800.0, -40.0, -5.0, -1e-3, 0.0, 1e-3, 5.0, 20.0, 35.0, 800.0]], dtype)
+    expected = np.logaddexp(0.0, xv.astype("float64")) * 2
+    np.testing.assert_allclose(fn(xv), expected, rtol=3e-7 if dtype == "float32" else 1e-15)
