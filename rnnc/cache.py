@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import blas, cscan, jaxlink, jaxsetup, march, mklpacked, pch, simd
+from rnnc import blas, cscan, interpreted, jaxlink, jaxsetup, march, mklpacked, pch, simd
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 from rnnc.files import write_atomically
@@ -217,6 +217,7 @@ def _versions() -> dict[str, str]:
         "blas": str(pytensor.config.blas__ldflags),
         "vector loops": simd.in_use(),  # RNNC_SIMD=0 compiles other C code
         "mkl packed": mklpacked.in_use(),  # RNNC_MKL_PACKED=0 too
+        "interpreted": interpreted.in_use(),  # and RNNC_INTERPRETED=0
     }
 
 

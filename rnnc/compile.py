@@ -18,7 +18,7 @@ import pytensor
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 
-from rnnc import ir, scanjoin, stepsums
+from rnnc import interpreted, ir, scanjoin, stepsums
 from rnnc.cbuild import parallel_modules
 from rnnc.check import check_module
 from rnnc.errors import OptionError, UnknownNameError
@@ -153,14 +153,22 @@ def mode(backend: str | None = None) -> Mode:
     62.4 instead of 65.0 ms (the benchmark's MGU, masked, C) and 262 instead of 270 ms
     (LSTM, Numba), the forward the same, and the LSTM gradient of 1000 steps 519
     instead of 707 MiB (C). On JAX it changed nothing measurable.
+
+    The C mode runs :mod:`rnnc.interpreted` last (unless ``RNNC_INTERPRETED=0``): the
+    function's bookkeeping outside its loops runs in Python, so that fewer C modules
+    are compiled.
     """
     backend = check_backend(backend or default_backend())
     scanjoin.register()
     stepsums.register()
     if backend == "c":
-        return Mode(linker="cvm", optimizer="fast_run").excluding(
+        c_mode = Mode(linker="cvm", optimizer="fast_run").excluding(
             "scan_pushout_add", "scan_pushout_seqs_ops"
         )
+        if not interpreted.in_use():
+            return c_mode
+        interpreted.register()
+        return c_mode.including("rnnc_interpreted")
     if backend == "python":
         return get_mode("FAST_COMPILE")
     if backend == "jax":

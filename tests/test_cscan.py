@@ -57,16 +57,17 @@ def _copied_invariants(fn) -> list:
 
 
 def _rewritten_and_plain(inputs, outputs):
-    """The function compiled by rnnc's C mode, and by PyTensor's without rnnc's scan
-    rewrites."""
+    """The function compiled by rnnc's C mode (its bookkeeping compiled too, so that
+    the graph shows PyTensor's operations: ``RNNC_INTERPRETED=0``), and by PyTensor's
+    without rnnc's scan rewrites."""
     cache.configure("c")
     plain = Mode(linker="cvm", optimizer="fast_run").excluding(
         "scan_pushout_add", "rnnc_scan_for_c"
     )
-    return (
-        function(inputs, outputs, "c"),
-        pytensor.function(inputs, outputs, mode=plain),
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RNNC_INTERPRETED", "0")
+        rewritten = function(inputs, outputs, "c")
+    return rewritten, pytensor.function(inputs, outputs, mode=plain)
 
 
 @pytest.fixture(scope="module")
