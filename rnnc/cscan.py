@@ -9,10 +9,14 @@ slowly. On the machine of ``benchmarks/README.md`` (one core, float32),
 ``[32, 1024] @ [1024, 256]`` takes 334 us when the right operand is a transposed view
 and 205 us when it is row-major. The rewrite::
 
-    Scan(..., non_sequences=[W.T])  ->  Scan(..., non_sequences=[cpu_contiguous(W.T)])
+    Scan(..., non_sequences=[W.T])  ->  Scan(..., non_sequences=[RowMajorCopy()(W.T)])
 
-``cpu_contiguous`` is PyTensor's op that copies an array into row-major order: one
-copy per call, outside the loop.
+:class:`RowMajorCopy` copies a matrix into row-major order: one copy per call,
+outside the loop. PyTensor's ``cpu_contiguous`` would do it with NumPy, which walks
+the copy's rows, reading down the columns of ``W``: with ``W`` of ``[256, 1024]``
+float32 those reads are 4 KB apart, all in the same few sets of the cache, and the
+copy took 1.87 ms (AMD EPYC of family 23, 2026-12-06), an LSTM's whole elementwise
+work in a forward loop of 50 steps. By tiles of 8 x 8 it takes 200-230 us.
 
 **Padded rows** (same rewrite). A loop invariant whose rows are a multiple of 2 KB
 long (an LSTM's ``W_h``, ``[256, 1024]`` float32: 4 KB rows) is copied, once per
@@ -64,6 +68,7 @@ from pytensor.graph.basic import Apply, Constant
 from pytensor.graph.op import Op
 from pytensor.graph.replace import graph_replace
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
+from pytensor.link.c.op import COp
 from pytensor.scan.op import Scan
 from pytensor.scan.rewriting.trace import scan_sit_sot_to_untraced
 from pytensor.tensor.basic import Alloc
@@ -74,6 +79,7 @@ from pytensor.tensor.subtensor import Subtensor, get_idx_list
 
 __all__ = [
     "PadRows",
+    "RowMajorCopy",
     "local_contiguous_invariants",
     "local_elemwise_of_transposes",
     "local_transposed_sums",
@@ -98,6 +104,8 @@ def _transposed(var) -> bool:
 ALIASED_ROW_BYTES = 2048
 #: What a padded row gets: one cache line.
 ROW_PAD_BYTES = 64
+#: The side of the square tiles :class:`RowMajorCopy` copies a matrix by.
+TILE = 8
 
 
 class PadRows(Op):
@@ -118,6 +126,66 @@ class PadRows(Op):
 
     def infer_shape(self, fgraph, node, shapes):
         return shapes
+
+
+class RowMajorCopy(COp):
+    """A matrix copied into row-major order, by tiles of :data:`TILE` x :data:`TILE`
+    elements: a transposed view of ``[256, 1024]`` float32 in 200-230 us, where
+    NumPy's copy (``cpu_contiguous``) reads down its 4 KB-apart rows for 1.87 ms
+    (every read in the same few cache sets; see the module)."""
+
+    __props__ = ()
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        if x.ndim != 2 or x.dtype not in ("float32", "float64"):
+            raise TypeError("RowMajorCopy takes a float32 or float64 matrix")
+        return Apply(self, [x], [x.type()])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = np.ascontiguousarray(inputs[0])
+
+    def infer_shape(self, fgraph, node, shapes):
+        return shapes
+
+    def c_code_cache_version(self):
+        return (1,)
+
+    def c_code(self, node, name, inames, onames, sub):
+        (x,), (z,), fail = inames, onames, sub["fail"]
+        real = "npy_" + node.inputs[0].dtype
+        typenum = "NPY_FLOAT32" if real == "npy_float32" else "NPY_FLOAT64"
+        return f"""
+{{
+    const npy_intp R = PyArray_DIMS({x})[0], C = PyArray_DIMS({x})[1];
+    const npy_intp s0 = PyArray_STRIDES({x})[0], s1 = PyArray_STRIDES({x})[1];
+    if (!{z} || PyArray_NDIM({z}) != 2 || PyArray_DIMS({z})[0] != R
+        || PyArray_DIMS({z})[1] != C || !PyArray_IS_C_CONTIGUOUS({z})) {{
+        Py_XDECREF({z});
+        {z} = (PyArrayObject*)PyArray_EMPTY(2, PyArray_DIMS({x}), {typenum}, 0);
+        if (!{z}) {{ {fail} }}
+    }}
+    const char* src = PyArray_BYTES({x});
+    {real}* dst = ({real}*)PyArray_DATA({z});
+    for (npy_intp ib = 0; ib < R; ib += {TILE}) {{
+        const npy_intp ie = ib + {TILE} < R ? ib + {TILE} : R;
+        for (npy_intp jb = 0; jb < C; jb += {TILE}) {{
+            const npy_intp je = jb + {TILE} < C ? jb + {TILE} : C;
+            for (npy_intp i = ib; i < ie; i++)
+                for (npy_intp j = jb; j < je; j++)
+                    dst[i * C + j] = *(const {real}*)(src + i * s0 + j * s1);
+        }}
+    }}
+}}
+"""
+
+
+def _row_major(var):
+    """``var`` copied into row-major order: :class:`RowMajorCopy` for a float
+    matrix, PyTensor's ``cpu_contiguous`` for anything else."""
+    if var.ndim == 2 and var.dtype in ("float32", "float64"):
+        return RowMajorCopy()(var)
+    return cpu_contiguous(var)
 
 
 def _aliased_rows(var) -> bool:
@@ -143,7 +211,7 @@ def local_contiguous_invariants(fgraph, node: Apply):
         if var.owner is not None and isinstance(var.owner.op, PadRows):
             continue
         if _transposed(var):
-            inputs[i] = var = cpu_contiguous(var)
+            inputs[i] = var = _row_major(var)
             changed = True
         if _aliased_rows(var):
             inputs[i] = PadRows()(var)
@@ -220,7 +288,7 @@ def _transposed_copy(var):
         value = source.owner.inputs[0]
         if all(value.type.broadcastable):
             return pt.alloc(value.squeeze(), *var.type.shape[::-1])
-    return cpu_contiguous(var.T)
+    return _row_major(var.T)
 
 
 def rebuilt_scan(op: Scan, inputs: list, outputs: list, info: Any) -> Scan:

@@ -47,12 +47,12 @@ def _scans(fn) -> list:
 
 
 def _copied_invariants(fn) -> list:
-    """The scans' non-sequences that are CpuContiguous outputs."""
+    """The scans' non-sequences that are row-major copies."""
     return [
         var
         for node in _scans(fn)
         for var in node.op.outer_non_seqs(node.inputs)
-        if var.owner is not None and isinstance(var.owner.op, CpuContiguous)
+        if var.owner is not None and isinstance(var.owner.op, cscan.RowMajorCopy)
     ]
 
 
@@ -192,7 +192,8 @@ def test_a_wide_weight_gradient_sum_is_kept_transposed(wide):
     assert sorted(var.type.shape for var in sums) == [(256, 4), (256, 4)]  # dW.T, dV
     # the transposed sum starts from zeros of its own shape, not a transposed copy
     starts = grad_scan.op.outer_untraced_sit_sot(grad_scan.inputs)
-    assert not any(isinstance(v.owner.op, CpuContiguous) for v in starts if v.owner)
+    copies = (CpuContiguous, cscan.RowMajorCopy)
+    assert not any(isinstance(v.owner.op, copies) for v in starts if v.owner)
 
 
 @pytest.mark.parametrize("steps", [1, 5])
@@ -260,3 +261,28 @@ def test_elementwise_work_on_transposed_matrices_runs_on_the_matrices():
     assert not _elementwise_on_transposes(rewritten)
     values = [np.random.default_rng(k).normal(size=(4, 3)) for k in range(3)]
     np.testing.assert_allclose(rewritten(*values), plain(*values), rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "view",
+    ["transposed", "row-major", "strided", "one column", "empty", "transposed 4 KB rows"],
+)
+def test_row_major_copy_copies_any_matrix_view(dtype, view):
+    x = pt.matrix("x", dtype=dtype)
+    fn = function([x], cscan.RowMajorCopy()(x), "c")
+    assert any(isinstance(n.op, cscan.RowMajorCopy) for n in fn.maker.fgraph.apply_nodes)
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((19, 30)).astype(dtype)
+    value = {
+        "transposed": base.T,
+        "row-major": base,
+        "strided": base[::2, 1::3],
+        "one column": base[:, 4:5],
+        "empty": base[:0],
+        "transposed 4 KB rows": rng.standard_normal((33, 1024)).astype(dtype).T,
+    }[view]
+    for _ in range(2):  # the second call writes into the first call's output
+        got = fn(value)
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(got, value)
