@@ -88,6 +88,34 @@ def test_only_a_wide_transposed_operand_is_copied(jax_typify, width):
     assert copied == (width >= jaxsetup.COPY_TRANSPOSED_FROM)
 
 
+@pytest.mark.parametrize(
+    ("depth", "width", "dtype", "padded"),
+    [
+        (256, 1024, "float32", True),  # rows of 4 KB, summed over enough of them
+        (256, 512, "float64", True),
+        (255, 1024, "float32", False),  # too few rows to pay for the copy
+        (256, 512, "float32", False),  # rows of 2 KB
+        (256, 768, "float32", False),
+    ],
+)
+def test_a_right_operand_with_4_kb_rows_is_multiplied_with_padded_rows(
+    jax_typify, depth, width, dtype, padded
+):
+    """``x @ W`` with ``W``'s rows a multiple of 4 KB long: ``W`` gets 64 bytes of zero
+    columns and the product's extra columns are dropped; the same values."""
+    x = pt.matrix("x", dtype=dtype, shape=(3, depth))
+    w = pt.matrix("w", dtype=dtype, shape=(depth, width))
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((3, depth)).astype(dtype), rng.standard_normal((depth, width))
+    b = b.astype(dtype)
+    fn = function([x, w], [x @ w], "jax")
+    (got,) = fn(a, b)
+    assert got.shape == (3, width)
+    want = a.astype("float64") @ b.astype("float64")
+    np.testing.assert_allclose(got, want, atol=1e-3 if dtype == "float32" else 1e-10)
+    assert (f"{width + 64 // np.dtype(dtype).itemsize}" in _lowered(fn, a, b)) == padded
+
+
 @pytest.mark.parametrize("reversed_in_time", [True, False])
 def test_a_scan_over_sequences_reversed_in_time_walks_them_from_the_end(
     jax_typify, reversed_in_time
