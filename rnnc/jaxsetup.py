@@ -190,6 +190,14 @@ def patch_constants() -> None:
 COPY_TRANSPOSED_FROM = 512
 
 
+#: :func:`patch_dot` pads a right operand whose rows are this many bytes long, or a
+#: multiple, by :data:`PAD_BYTES` of zero columns.
+ALIASED_ROW_BYTES = 4096
+PAD_BYTES = 64
+#: Products summing over fewer rows of the right operand are left as they are.
+PAD_FROM_ROWS = 256
+
+
 def patch_dot() -> None:
     """Copy the transposed left operand of a product before multiplying, and pad a
     right operand whose rows are 4 KB long (see the module)."""
@@ -229,13 +237,6 @@ def _padded(fn: Callable, node: Any) -> Callable:
         return fn
     pad = PAD_BYTES // itemsize
     return lambda x, y: fn(x, jnp.pad(y, ((0, 0), (0, pad))))[..., :width]
-
-
-#: Rows this many bytes long, or a multiple, are padded by :data:`PAD_BYTES`.
-ALIASED_ROW_BYTES = 4096
-PAD_BYTES = 64
-#: Products summing over fewer rows of the right operand are left as they are.
-PAD_FROM_ROWS = 256
 
 
 def patch_reversed_scans() -> None:
