@@ -53,6 +53,21 @@ it takes any: the custom cell of ``benchmarks/`` (medium size, forward+gradient)
 took 62.9-64.4 ms against 63.5-64.8, and 148.8 against 149.8-150.0 ms at input size
 1024 (calls alternated with an identical copy, 2026-12-05).
 
+**Gate gradients in the loop's order** (:func:`local_gradients_in_time_order`). The
+backward loop writes the gradients of a step's pre-activations from the last step to
+the first; PyTensor's gradient of the scan copies them, turned around, into an array
+of zeros (``inc_subtensor(zeros[:T], g[::-1])``) before the products over the whole
+sequence read them: the input's gradient ``G @ W_i.T``, the input weights' ``X.T @
+G`` and the bias's sum over rows. The rewrite gives those products ``g`` as the loop
+wrote it: a sum over rows does not depend on their order, ``G @ W_i.T`` is computed
+on ``g``'s rows and its result's blocks of a batch turned around (``[T, B, I]``, 8
+times smaller than ``G`` at I=128, 4H=1024), and ``X.T @ G`` reads ``X``'s blocks
+turned around instead. For the LSTM (medium size, one core, calls alternated,
+2026-12-06, AMD EPYC of family 23) the zeros and the copy were 2.3 ms; its
+forward+gradient took 114.8 instead of 117.8 ms, the custom cell's 73.0 instead of
+74.4. It applies only where every use is one of those three (not yet the GRU's,
+whose gate gradients are joined first).
+
 All run with PyTensor's C rewrites only (tag ``cxx_only``), after its scan rewrites
 and before the in-place ones; XLA and Numba choose their own layouts and buffers.
 """
@@ -71,17 +86,20 @@ from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.link.c.op import COp
 from pytensor.scan.op import Scan
 from pytensor.scan.rewriting.trace import scan_sit_sot_to_untraced
-from pytensor.tensor.basic import Alloc
+from pytensor.tensor.basic import Alloc, ScalarFromTensor
+from pytensor.tensor.blas import Dot22
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.extra_ops import cpu_contiguous
-from pytensor.tensor.shape import SpecifyShape, specify_shape
-from pytensor.tensor.subtensor import Subtensor, get_idx_list
+from pytensor.tensor.math import Sum
+from pytensor.tensor.shape import Reshape, SpecifyShape, specify_shape
+from pytensor.tensor.subtensor import IncSubtensor, Subtensor, get_idx_list
 
 __all__ = [
     "PadRows",
     "RowMajorCopy",
     "local_contiguous_invariants",
     "local_elemwise_of_transposes",
+    "local_gradients_in_time_order",
     "local_transposed_sums",
     "local_untraced_sums",
     "rebuilt_scan",
@@ -371,6 +389,81 @@ def local_elemwise_of_transposes(fgraph, node: Apply):
     return [out.T for out in node.op(*inputs, return_list=True)]
 
 
+def _scalar(var):
+    """``var`` without the ``ScalarFromTensor`` that may wrap it."""
+    if var is not None and var.owner is not None and isinstance(var.owner.op, ScalarFromTensor):
+        return var.owner.inputs[0]
+    return var
+
+
+def _reversed_steps(var):
+    """``g`` where ``var`` is ``g[::-1]``, a 3-D output of a scan, else None."""
+    owner = var.owner
+    if owner is None or not isinstance(owner.op, Subtensor):
+        return None
+    index = get_idx_list(owner.inputs, owner.op.idx_list)
+    if len(index) != 1 or not isinstance(index[0], slice):
+        return None
+    first = index[0]
+    step = getattr(first.step, "data", first.step)
+    if first.start is not None or first.stop is not None or step != -1:
+        return None
+    g = owner.inputs[0]
+    return g if g.owner is not None and isinstance(g.owner.op, Scan) else None
+
+
+@node_rewriter([IncSubtensor])
+def local_gradients_in_time_order(fgraph, node: Apply):
+    """Multiply a backward loop's per-step gradients as the loop wrote them, reversed
+    in time, instead of copied into time order first (see the module)."""
+    op = node.op
+    zeros, y, *_ = node.inputs
+    index = get_idx_list(node.inputs[1:], op.idx_list)  # after x and y
+    if y.ndim != 3 or any(y.type.broadcastable) or len(index) != 1:
+        return None
+    first = index[0]
+    if not isinstance(first, slice) or first.start is not None or first.step is not None:
+        return None
+    g = _reversed_steps(y)
+    steps = _scalar(first.stop)
+    if g is None or steps is None or _scalar(g.owner.inputs[0]) is not steps:
+        return None  # the loop's steps are not the slice's length
+    alloc = zeros.owner
+    if alloc is None or not isinstance(alloc.op, Alloc) or len(alloc.inputs) != 4:
+        return None
+    value = alloc.inputs[0]
+    if not isinstance(value, Constant) or np.any(value.data != 0) or alloc.inputs[1] is not steps:
+        return None
+    clients = fgraph.clients[node.outputs[0]]
+    reshape = clients[0][0] if len(clients) == 1 else None
+    if reshape is None or not isinstance(reshape.op, Reshape) or reshape.outputs[0].ndim != 2:
+        return None
+    rows = reshape.outputs[0]
+    flat = reshape.op(g, reshape.inputs[1])  # a view: g is one block of memory
+    replaced = {}
+    for client, position in fgraph.clients[rows]:
+        out = client.outputs[0]
+        if isinstance(client.op, Sum) and client.op.axis == (0,):
+            replaced[out] = client.op(flat)  # the rows' order does not change a sum
+        elif isinstance(client.op, Dot22) and position == 0:
+            replaced[out] = _rows_reversed(client.op(flat, client.inputs[1]), g)
+        elif isinstance(client.op, Dot22) and position == 1:
+            left = client.inputs[0].owner  # the transpose of a matrix of rows
+            if left is None or not isinstance(left.op, DimShuffle) or left.op.new_order != (1, 0):
+                return None
+            replaced[out] = client.op(_rows_reversed(left.inputs[0], g).T, flat)
+        else:
+            return None
+    return replaced or None
+
+
+def _rows_reversed(rows, g):
+    """The matrix ``rows``, whose rows are ``g``'s steps times its batch, with its
+    blocks of a batch's rows in the opposite order of the steps."""
+    by_step = rows.reshape((g.shape[0], g.shape[1], rows.shape[1]))
+    return by_step[::-1].reshape(rows.shape)
+
+
 def register() -> None:
     """Add the rewrites to PyTensor's C rewrites (once)."""
     global _registered
@@ -381,6 +474,7 @@ def register() -> None:
     optdb.register(
         "rnnc_scan_for_c",
         dfs_rewriter(
+            local_gradients_in_time_order,
             local_contiguous_invariants,
             local_untraced_sums,
             local_transposed_sums,

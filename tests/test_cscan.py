@@ -15,6 +15,7 @@ from pytensor.graph.fg import FunctionGraph
 from pytensor.scan.op import Scan
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.extra_ops import CpuContiguous
+from pytensor.tensor.subtensor import IncSubtensor
 
 import rnnc
 from rnnc import cache, cscan
@@ -286,3 +287,34 @@ def test_row_major_copy_copies_any_matrix_view(dtype, view):
         got = fn(value)
         assert got.flags.c_contiguous
         np.testing.assert_array_equal(got, value)
+
+
+@pytest.fixture(scope="module")
+def lstm_gradient():
+    """An LSTM's outputs and gradients, float64, compiled by rnnc's C mode and by
+    PyTensor's."""
+    layer = rnnc.Recurrent("lstm", I=3, H=4, dtype="float64", backend="c", seed=0)
+    x = pt.tensor3("x", dtype="float64")
+    y = layer(x).outputs["y"]
+    grads = pytensor.grad((y**2).sum(), [x, *layer.params.values()])
+    return _rewritten_and_plain([x], [y, *grads])
+
+
+def _reversed_scan_outputs_copied(fn) -> list:
+    """The increments of zeros by a scan's output reversed in time."""
+    return [
+        node
+        for node in fn.maker.fgraph.apply_nodes
+        if isinstance(node.op, IncSubtensor) and cscan._reversed_steps(node.inputs[1]) is not None
+    ]
+
+
+def test_the_gate_gradients_are_multiplied_as_the_backward_loop_wrote_them(lstm_gradient):
+    rewritten, plain = lstm_gradient
+    assert _reversed_scan_outputs_copied(rewritten) == []
+    assert _reversed_scan_outputs_copied(plain) != []
+    rng = np.random.default_rng(1)
+    for shape in [(2, 5, 3), (3, 1, 3)]:  # a batch, and a sequence of one step
+        x = rng.standard_normal(shape)
+        for got, want in zip(rewritten(x), plain(x), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
