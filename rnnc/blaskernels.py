@@ -20,11 +20,13 @@ loaded, or with ``RNNC_BLAS_KERNELS=0``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Set
 from pathlib import Path
 
 from rnnc.env import switched_off
@@ -51,19 +53,21 @@ _PROBE = (
 chosen: str | None = None
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux's ``/proc/cpuinfo``; empty elsewhere)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux's ``/proc/cpuinfo``; empty elsewhere), read once
+    per process."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
-def widest_kernels(flags: set[str]) -> str | None:
+def widest_kernels(flags: Set[str]) -> str | None:
     """OpenBLAS's kernels for the widest instruction set in ``flags``, or None."""
     return next((name for name, needs in KERNELS if needs <= flags), None)
 

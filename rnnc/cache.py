@@ -39,7 +39,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rnnc import blas, cscan, interpreted, jaxlink, jaxsetup, march, mklpacked, pch, simd
+from rnnc import (
+    blas,
+    cscan,
+    interpreted,
+    jaxlink,
+    jaxsetup,
+    march,
+    mklpacked,
+    packedgemm,
+    pch,
+    simd,
+)
 from rnnc.cbuild import parallel_modules
 from rnnc.env import switched_off
 from rnnc.files import write_atomically
@@ -87,7 +98,7 @@ def configure_c() -> None:
     blas.configure()
     simd.register()
     cscan.register()
-    mklpacked.register()
+    mklpacked.register()  # and rnnc.packedgemm's rewrite
     flags = pytensor.config.gcc__cxxflags
     if not any(f.startswith("-g") for f in flags.split()):
         pytensor.config.gcc__cxxflags = f"{flags} -g0".strip()
@@ -217,6 +228,7 @@ def _versions() -> dict[str, str]:
         "blas": str(pytensor.config.blas__ldflags),
         "vector loops": simd.in_use(),  # RNNC_SIMD=0 compiles other C code
         "mkl packed": mklpacked.in_use(),  # RNNC_MKL_PACKED=0 too
+        "panel gemm": packedgemm.in_use(),  # RNNC_PANEL_GEMM=0 too
         "interpreted": interpreted.in_use(),  # and RNNC_INTERPRETED=0
     }
 

@@ -220,13 +220,20 @@ def _aliased_rows(var) -> bool:
 @node_rewriter([Scan])
 def local_contiguous_invariants(fgraph, node: Apply):
     """Give a scan its transposed loop invariants as row-major copies, and those
-    whose rows are a multiple of 2 KB long with padded rows (see the module)."""
-    non_seqs = node.op.outer_non_seqs(node.inputs)
+    whose rows are a multiple of 2 KB long with padded rows (see the module); not
+    those that :mod:`rnnc.packedgemm` packs, which its panels lay out."""
+    from rnnc.packedgemm import packs_every_use
+
+    op = node.op
+    non_seqs = op.outer_non_seqs(node.inputs)
     start = len(node.inputs) - len(non_seqs)
     inputs = list(node.inputs)
     changed = False
-    for i, var in enumerate(non_seqs, start):
+    inner_non_seqs = op.inner_non_seqs(op.inner_inputs)
+    for i, (var, inner) in enumerate(zip(non_seqs, inner_non_seqs, strict=True), start):
         if var.owner is not None and isinstance(var.owner.op, PadRows):
+            continue
+        if packs_every_use(op, inner):
             continue
         if _transposed(var):
             inputs[i] = var = _row_major(var)

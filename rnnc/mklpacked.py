@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,16 @@ from pytensor.tensor.math import Dot
 from rnnc.cscan import rebuilt_scan
 from rnnc.env import switched_off
 
-__all__ = ["CallStamp", "PackedDot", "in_use", "local_packed_products", "register"]
+__all__ = [
+    "CallStamp",
+    "PackedDot",
+    "StampedProduct",
+    "in_use",
+    "local_packed_products",
+    "packed_products",
+    "product_c",
+    "register",
+]
 
 _stamps = itertools.count(1)
 
@@ -100,19 +110,23 @@ void cblas_dgemm_compute(int, int, int, int, int, int, const double*, int, const
 """
 
 
-class PackedDot(COp):
-    """``a @ w`` for matrices ``a`` ``[M, K]`` and ``w`` ``[K, N]``, with ``w`` packed
-    once for every new ``stamp`` (see the module). Python's ``perform`` is NumPy's
-    product."""
+class StampedProduct(COp):
+    """``a @ w`` for matrices ``a`` ``[M, K]`` and ``w`` ``[K, N]`` of one of
+    ``DTYPES``, whose node keeps a buffer made from ``w`` once for every new ``stamp``
+    (``buffer_``, ``capacity_``, ``stamp_`` and ``m_`` in its C struct: the buffer,
+    its bytes, and the stamp and rows of ``a`` it was made for). Python's
+    ``perform`` is NumPy's product."""
 
     __props__ = ()
+    DTYPES: tuple[str, ...] = ("float32", "float64")
 
     def make_node(self, a: Any, w: Any, stamp: Any) -> Apply:
         a, w, stamp = (pt.as_tensor_variable(v) for v in (a, w, stamp))
+        name = type(self).__name__
         if a.ndim != 2 or w.ndim != 2 or stamp.ndim != 0 or a.dtype != w.dtype:
-            raise TypeError("PackedDot takes two matrices of one dtype and a scalar stamp")
-        if a.dtype not in ("float32", "float64"):
-            raise TypeError(f"PackedDot takes float32 or float64 matrices, not {a.dtype}")
+            raise TypeError(f"{name} takes two matrices of one dtype and a scalar stamp")
+        if a.dtype not in self.DTYPES:
+            raise TypeError(f"{name} takes {' or '.join(self.DTYPES)} matrices, not {a.dtype}")
         out = pt.tensor(dtype=a.dtype, shape=(a.type.shape[0], w.type.shape[1]))
         return Apply(self, [a, w, stamp], [out])
 
@@ -122,6 +136,20 @@ class PackedDot(COp):
 
     def infer_shape(self, fgraph: Any, node: Any, shapes: Any) -> Any:
         return [(shapes[0][0], shapes[1][1])]
+
+    def c_support_code_struct(self, node: Any, name: str) -> str:
+        return f"void* buffer_{name}; size_t capacity_{name}; npy_int64 stamp_{name}; int m_{name};"
+
+    def c_init_code_struct(self, node: Any, name: str, sub: Any) -> str:
+        return f"buffer_{name} = NULL; capacity_{name} = 0; stamp_{name} = -1; m_{name} = -1;"
+
+    def c_cleanup_code_struct(self, node: Any, name: str) -> str:
+        return f"free(buffer_{name});"
+
+
+class PackedDot(StampedProduct):
+    """``a @ w`` with ``w`` packed by MKL once for every new ``stamp`` (see the
+    module)."""
 
     def c_support_code(self, **kwargs: Any) -> str:
         return _DECLARATIONS
@@ -141,17 +169,8 @@ class PackedDot(COp):
 
         return ldflags(libs=False, flags=True)
 
-    def c_support_code_struct(self, node: Any, name: str) -> str:
-        return f"void* packed_{name}; size_t capacity_{name}; npy_int64 stamp_{name}; int m_{name};"
-
-    def c_init_code_struct(self, node: Any, name: str, sub: Any) -> str:
-        return f"packed_{name} = NULL; capacity_{name} = 0; stamp_{name} = -1; m_{name} = -1;"
-
-    def c_cleanup_code_struct(self, node: Any, name: str) -> str:
-        return f"free(packed_{name});"
-
     def c_code_cache_version(self) -> tuple[int, ...]:
-        return (5,)
+        return (7,)
 
     def c_code(self, node: Any, name: str, inames: Any, onames: Any, sub: Any) -> str:
         a, w, stamp = inames
@@ -161,44 +180,20 @@ class PackedDot(COp):
         p = "s" if real == "float" else "d"
         typenum = "NPY_FLOAT32" if real == "float" else "NPY_FLOAT64"
         packed, capacity, seen, seen_m = (
-            f"{v}_{name}" for v in ("packed", "capacity", "stamp", "m")
+            f"{v}_{name}" for v in ("buffer", "capacity", "stamp", "m")
         )
-        return f"""
-{{
-    const npy_intp es = sizeof({real});
-    PyArrayObject* a_own = NULL;
-    PyArrayObject* w_own = NULL;
-    PyArrayObject* a = {a};
-    PyArrayObject* w = {w};
-    const int M = (int)PyArray_DIMS(a)[0], K = (int)PyArray_DIMS(a)[1];
-    const int N = (int)PyArray_DIMS(w)[1];
-    if (PyArray_DIMS(w)[0] != K) {{
-        PyErr_Format(PyExc_ValueError, "PackedDot: shapes (%d, %d) and (%d, %d) do not align",
-                     M, K, (int)PyArray_DIMS(w)[0], N);
-        {fail}
-    }}
-    /* a: rows of unit stride, else a row-major copy */
-    if (!(K <= 1 || PyArray_STRIDES(a)[1] == es)
-        || (M > 1 && (PyArray_STRIDES(a)[0] % es || PyArray_STRIDES(a)[0] < K * es))) {{
-        a_own = (PyArrayObject*)PyArray_NewCopy(a, NPY_CORDER);
-        if (!a_own) {{ {fail} }}
-        a = a_own;
-    }}
-    const int lda = (M > 1) ? (int)(PyArray_STRIDES(a)[0] / es) : (K > 0 ? K : 1);
-    npy_intp dims[2] = {{M, N}};
-    if (!{out} || PyArray_NDIM({out}) != 2 || PyArray_DIMS({out})[0] != M
-        || PyArray_DIMS({out})[1] != N || !PyArray_IS_C_CONTIGUOUS({out})) {{
-        Py_XDECREF({out});
-        {out} = (PyArrayObject*)PyArray_EMPTY(2, dims, {typenum}, 0);
-        if (!{out}) {{ Py_XDECREF(a_own); {fail} }}
-    }}
-    if (M == 0 || N == 0) {{
-        /* nothing to compute */
-    }} else if (K == 0) {{
-        memset(PyArray_DATA({out}), 0, (size_t)M * N * es);
-    }} else {{
+        return product_c(
+            "PackedDot",
+            a,
+            w,
+            out,
+            real,
+            typenum,
+            fail,
+            f"""
         const npy_int64 stamp = ((npy_int64*)PyArray_DATA({stamp}))[0];
         if (stamp != {seen} || M != {seen_m} || !{packed}) {{
+            PyArrayObject* w_own = NULL;
             int trans, ldw;
             const npy_intp s0 = PyArray_STRIDES(w)[0], s1 = PyArray_STRIDES(w)[1];
             if ((N <= 1 || s1 == es) && (K <= 1 || (s0 % es == 0 && s0 >= N * es))) {{
@@ -230,7 +225,51 @@ class PackedDot(COp):
         cblas_{p}gemm_compute(RNNC_ROW_MAJOR, RNNC_NO_TRANS, RNNC_PACKED, M, N, K,
                               ({real}*)PyArray_DATA(a), lda, ({real}*){packed}, N, 0.0,
                               ({real}*)PyArray_DATA({out}), N);
+""",
+        )
+
+
+def product_c(
+    op: str, a: str, w: str, out: str, real: str, typenum: str, fail: str, body: str
+) -> str:
+    """C code of a product ``out = a @ w`` of matrices whose ``body`` computes it. Before
+    it: ``a`` as rows of unit stride (else a row-major copy, ``a_own``, which ``body``
+    releases before it fails), ``M``, ``K``, ``N`` and ``lda`` (ints), ``es`` (the
+    element's size) and ``out`` a C-contiguous ``[M, N]`` array; ``body`` runs only
+    where ``M``, ``N`` and ``K`` are all positive."""
+    return f"""
+{{
+    const npy_intp es = sizeof({real});
+    PyArrayObject* a_own = NULL;
+    PyArrayObject* a = {a};
+    PyArrayObject* w = {w};
+    const int M = (int)PyArray_DIMS(a)[0], K = (int)PyArray_DIMS(a)[1];
+    const int N = (int)PyArray_DIMS(w)[1];
+    if (PyArray_DIMS(w)[0] != K) {{
+        PyErr_Format(PyExc_ValueError, "{op}: shapes (%d, %d) and (%d, %d) do not align",
+                     M, K, (int)PyArray_DIMS(w)[0], N);
+        {fail}
     }}
+    /* a: rows of unit stride, else a row-major copy */
+    if (!(K <= 1 || PyArray_STRIDES(a)[1] == es)
+        || (M > 1 && (PyArray_STRIDES(a)[0] % es || PyArray_STRIDES(a)[0] < K * es))) {{
+        a_own = (PyArrayObject*)PyArray_NewCopy(a, NPY_CORDER);
+        if (!a_own) {{ {fail} }}
+        a = a_own;
+    }}
+    const int lda = (M > 1) ? (int)(PyArray_STRIDES(a)[0] / es) : (K > 0 ? K : 1);
+    npy_intp dims[2] = {{M, N}};
+    if (!{out} || PyArray_NDIM({out}) != 2 || PyArray_DIMS({out})[0] != M
+        || PyArray_DIMS({out})[1] != N || !PyArray_IS_C_CONTIGUOUS({out})) {{
+        Py_XDECREF({out});
+        {out} = (PyArrayObject*)PyArray_EMPTY(2, dims, {typenum}, 0);
+        if (!{out}) {{ Py_XDECREF(a_own); {fail} }}
+    }}
+    if (M == 0 || N == 0) {{
+        /* nothing to compute */
+    }} else if (K == 0) {{
+        memset(PyArray_DATA({out}), 0, (size_t)M * N * es);
+    }} else {{{body}    }}
     Py_XDECREF(a_own);
 }}
 """
@@ -244,8 +283,18 @@ def _packable(var: Any) -> bool:
 def local_packed_products(fgraph: Any, node: Apply) -> Any:
     """Multiply by each loop-invariant matrix of a scan through :class:`PackedDot`
     (see the module)."""
+    if not in_use():
+        return None
+    return packed_products(node, PackedDot, _packable)
+
+
+def packed_products(node: Apply, dot: type[Op], packable: Callable[[Any], bool]) -> Any:
+    """The outputs of the scan ``node`` rebuilt with each product ``a @ W`` of its step
+    by a loop-invariant matrix ``W`` (``a`` and ``W`` both ``packable``) computed as
+    ``dot()(a, W, stamp)``, with a :class:`CallStamp` of ``W`` given to the loop;
+    None where there is no such product, or the step has ``dot``'s already."""
     op = node.op
-    if not in_use() or any(isinstance(n.op, PackedDot) for n in op.fgraph.apply_nodes):
+    if any(isinstance(n.op, dot) for n in op.fgraph.apply_nodes):
         return None
     graph = op.fgraph.clone()
     stamps = []
@@ -254,15 +303,15 @@ def local_packed_products(fgraph: Any, node: Apply) -> Any:
         uses = [
             client
             for client, i in graph.clients[inner]
-            if i == 1 and isinstance(client.op, Dot) and _packable(client.inputs[0])
+            if i == 1 and isinstance(client.op, Dot) and packable(client.inputs[0])
         ]
-        if not uses or not _packable(inner):
+        if not uses or not packable(inner):
             continue
         stamp = pt.lscalar(f"{inner.name or 'w'}_stamp")
         graph.add_input(stamp)
         stamps.append(CallStamp()(outer))
         for use in uses:  # replaced in the graph: later products see earlier ones
-            graph.replace(use.outputs[0], PackedDot()(use.inputs[0], inner, stamp))
+            graph.replace(use.outputs[0], dot()(use.inputs[0], inner, stamp))
     if not stamps:
         return None
     info = dataclasses.replace(op.info, n_non_seqs=op.info.n_non_seqs + len(stamps))
@@ -284,16 +333,19 @@ _registered = False
 
 
 def register() -> bool:
-    """Add :func:`local_packed_products` to PyTensor's C rewrites (once); it rewrites
-    only while in use (:func:`in_use`, asked at each compilation). Returns whether it
-    is in use now."""
+    """Add :func:`local_packed_products` and :func:`rnnc.packedgemm.local_panel_products`
+    to PyTensor's C rewrites (once); each rewrites only while in use (asked at each
+    compilation; never both: the second only where MKL is not linked). Returns
+    whether MKL's is in use now."""
     global _registered
     if not _registered:
         from pytensor.compile.mode import optdb
 
+        from rnnc.packedgemm import local_panel_products
+
         optdb.register(
-            "rnnc_mkl_packed",
-            dfs_rewriter(local_packed_products),
+            "rnnc_packed_products",
+            dfs_rewriter(local_packed_products, local_panel_products),
             "fast_run",
             "cxx_only",
             position=49.35,  # after rnnc's scan rewrites for C (49.3), before in-place

@@ -45,6 +45,37 @@ def quiet(line: str) -> None:
 TORCH_MODES = {"rnn_tanh": "rnn", "rnn_relu": "rnn_relu", "lstm": "lstm", "gru": "gru"}
 
 
+def tanh_rnn_and_gradient(dtype: str):
+    """``h_t = tanh(x_t + h_{t-1} @ W)``: inputs ``[x, W]`` and outputs ``[hs, dx, dW]``
+    of ``sum(hs**2)``, the product written ``pt.dot`` as ``rnnc.lower`` emits it."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    x = pt.tensor3("x", dtype=dtype)
+    w = pt.matrix("w", dtype=dtype)
+    h0 = pt.zeros((x.shape[1], w.shape[0]), dtype=dtype)
+    hs = pytensor.scan(
+        lambda xt, h, w: pt.tanh(xt + pt.dot(h, w)),
+        sequences=[x],
+        outputs_info=[h0],
+        non_sequences=[w],
+        return_updates=False,
+    )
+    return [x, w], [hs, *pytensor.grad((hs**2).sum(), [x, w])]
+
+
+def ops_in_loops(fn, op_type) -> int:
+    """How many nodes of ``op_type`` the steps of a compiled function's scans hold."""
+    from pytensor.scan.op import Scan
+
+    return sum(
+        isinstance(inner.op, op_type)
+        for node in fn.maker.fgraph.apply_nodes
+        if isinstance(node.op, Scan)
+        for inner in node.op.fn.maker.fgraph.apply_nodes
+    )
+
+
 def load_reference(name: str) -> dict[str, np.ndarray]:
     """One PyTorch reference case (see tests/reference/README.md), NumPy only."""
     with np.load(REFERENCE / f"{name}.npz", allow_pickle=False) as data:

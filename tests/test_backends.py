@@ -378,6 +378,9 @@ def test_doctor_reports_blas_and_caches(capsys):
     from rnnc import simd
 
     assert ("vector loops" in rows["C elementwise loops"]) == simd.available()
+    from rnnc import packedgemm
+
+    assert ("rnnc's AVX2 kernel" in rows["C loop products"]) == packedgemm.in_use()
     if "openblas" in rows["C backend BLAS"] and rows["system OpenBLAS"] != "not found":
         assert rows["OpenBLAS kernels"].split()[0].isalnum()  # a core name, as "Haswell"
     if _available("jax"):  # the flags JAX compiles with, rnnc's one-core flag included

@@ -7,8 +7,8 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+from conftest import ops_in_loops, tanh_rnn_and_gradient
 from pytensor.compile.mode import Mode
-from pytensor.scan.op import Scan
 
 from rnnc import blas, cache, mklpacked
 from rnnc.compile import function
@@ -104,38 +104,14 @@ def test_packed_dot_packs_again_when_the_weights_change_in_place():
     np.testing.assert_allclose(f(av[:3]), av[:3] @ w.get_value(), rtol=1e-5)  # new batch size
 
 
-def _rnn(dtype: str):
-    """``h_t = tanh(x_t + h_{t-1} @ W)``, its states and its gradients."""
-    x = pt.tensor3("x", dtype=dtype)
-    w = pt.matrix("w", dtype=dtype)
-    h0 = pt.zeros((x.shape[1], w.shape[0]), dtype=dtype)
-    hs = pytensor.scan(
-        lambda xt, h, w: pt.tanh(xt + pt.dot(h, w)),  # as rnnc.lower emits it
-        sequences=[x],
-        outputs_info=[h0],
-        non_sequences=[w],
-        return_updates=False,
-    )
-    return [x, w], [hs, *pytensor.grad((hs**2).sum(), [x, w])]
-
-
-def _packed_products(fn) -> int:
-    return sum(
-        isinstance(inner.op, PackedDot)
-        for node in fn.maker.fgraph.apply_nodes
-        if isinstance(node.op, Scan)
-        for inner in node.op.fn.maker.fgraph.apply_nodes
-    )
-
-
 @needs_mkl
 def test_scans_multiply_through_packed_products_and_compute_the_same(monkeypatch):
-    inputs, outputs = _rnn("float64")
+    inputs, outputs = tanh_rnn_and_gradient("float64")
     packed = function(inputs, outputs, "c")
     monkeypatch.setenv("RNNC_MKL_PACKED", "0")
     plain = function(inputs, outputs, "c")
     # the forward loop's h @ W and the backward loop's g @ W.T
-    assert (_packed_products(packed), _packed_products(plain)) == (2, 0)
+    assert (ops_in_loops(packed, PackedDot), ops_in_loops(plain, PackedDot)) == (2, 0)
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((5, 3, 4)), 0.5 * rng.standard_normal((4, 4))
     for got, want in zip(packed(x, w), plain(x, w), strict=True):

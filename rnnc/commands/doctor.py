@@ -143,6 +143,21 @@ def _vector_loops() -> tuple[str, str, str | None]:
     return ("C elementwise loops", "rnnc's vector loops (libmvec)", None)
 
 
+def _loop_products() -> tuple[str, str, str | None]:
+    """How the C backend's loops multiply by their weights: packed once per call by
+    MKL (:mod:`rnnc.mklpacked`) or by rnnc's own kernel (:mod:`rnnc.packedgemm`), or
+    by the BLAS at every step."""
+    from rnnc import mklpacked, packedgemm
+    from rnnc.env import switched_off
+
+    if mklpacked.in_use():
+        return ("C loop products", "MKL's packed GEMM, weights packed once per call", None)
+    if packedgemm.in_use():
+        return ("C loop products", "rnnc's AVX2 kernel, weights packed once per call", None)
+    why = "RNNC_PANEL_GEMM=0" if switched_off("RNNC_PANEL_GEMM") else "no AVX2 and FMA here"
+    return ("C loop products", f"the BLAS at every step ({why})", None)
+
+
 def _compile_dir(path: Path) -> tuple[str, str, str | None]:
     """PyTensor's compile dir and the number of C modules in it: PyTensor reads the key
     of every one when a process first compiles for C (2,172 modules: 2.2 s)."""
@@ -202,6 +217,7 @@ def diagnose() -> list[tuple[str, str, str | None]]:
             )
         )
     rows.append(_mkl(mkl, user is not None))
+    rows.append(_loop_products())
     rows.append(("system OpenBLAS", str(openblas) if openblas else "not found", None))
     if openblas and "openblas" in flags:
         rows.append(_openblas_kernels(openblas))
