@@ -63,7 +63,7 @@ def _rewritten_and_plain(inputs, outputs):
     without rnnc's scan rewrites."""
     cache.configure("c")
     plain = Mode(linker="cvm", optimizer="fast_run").excluding(
-        "scan_pushout_add", "rnnc_scan_for_c"
+        "scan_pushout_add", "rnnc_scan_for_c", "rnnc_sums_after_loop"
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RNNC_INTERPRETED", "0")
@@ -320,3 +320,17 @@ def test_the_gate_gradients_are_multiplied_as_the_backward_loop_wrote_them(lstm_
         x = rng.standard_normal(shape)
         for got, want in zip(rewritten(x), plain(x), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _summed_states(fn) -> int:
+    """The states of the function's backward loop (a weight gradient's sum)."""
+    (grad_scan,) = [s for s in _scans(fn) if s.op.info.n_mit_mot]
+    return grad_scan.op.info.n_sit_sot + grad_scan.op.info.n_untraced_sit_sot
+
+
+def test_a_weight_gradient_of_per_step_factors_is_one_product_after_the_loop(lstm_gradient):
+    """``dW_h = sum_t h_{t-1}.T @ g_t``: ``h`` is a sequence of the backward loop and
+    ``g`` (the gates' gradients) one of its per-step outputs, so the sum is one
+    product after the loop (the values: the test above)."""
+    rewritten, plain = lstm_gradient
+    assert (_summed_states(rewritten), _summed_states(plain)) == (0, 1)
