@@ -591,5 +591,5 @@ def local_sums_after_loop(fgraph, node: Apply):
             continue
         total = buffer[0] + pt.dot(_rows(a).T, _rows(g))
         (last,) = (client.outputs[0] for client, _ in fgraph.clients[out])
-        replaced[last] = total.astype(last.dtype)
+        replaced[last] = specify_shape(total.astype(last.dtype), last.type.shape)
     return replaced or None
