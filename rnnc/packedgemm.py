@@ -29,7 +29,8 @@ product                           OpenBLAS    packed
 ``[512, 256] @ [256, 1024]``      2874 us     2921 us
 ================================  ==========  ==========
 
-The rewrite is :func:`rnnc.mklpacked.local_packed_products`'s, with this op: every
+The rewrite is :mod:`rnnc.mklpacked`'s (:func:`rnnc.mklpacked.packed_products`) with
+this op, in the same pass: every
 product of a scan's step by a loop-invariant matrix, packed again at the first step
 of each call (a :class:`rnnc.mklpacked.CallStamp` changes). The sum over ``K`` runs
 in one order per column, so results differ from BLAS's in the last bits only.
