@@ -30,9 +30,9 @@ product                           OpenBLAS    packed
 ================================  ==========  ==========
 
 The rewrite is :mod:`rnnc.mklpacked`'s (:func:`rnnc.mklpacked.packed_products`) with
-this op, in the same pass: every
-product of a scan's step by a loop-invariant matrix, packed again at the first step
-of each call (a :class:`rnnc.mklpacked.CallStamp` changes). The sum over ``K`` runs
+this op, in the same pass: every product of a scan's step by a loop-invariant
+matrix, packed again at the first step of each call (a
+:class:`rnnc.mklpacked.CallStamp` changes). The sum over ``K`` runs
 in one order per column, so results differ from BLAS's in the last bits only.
 
 In use (:func:`in_use`) where the C backend does not link MKL, the CPU has AVX2 and
