@@ -542,3 +542,28 @@ def test_doctor_says_whether_mkl_is_linked_and_loops_multiply_by_packed_weights(
     monkeypatch.setattr(blas, "linked_mkl", lambda: False)
     assert "OpenBLAS is faster on this CPU" in doctor._mkl(library, user_flags=False)[1]
     assert doctor._mkl(library, user_flags=True)[1] == f"{library} (not linked)"
+
+
+@pytest.mark.parametrize(
+    ("mkl", "panel", "mkl_linked", "env", "want"),
+    [
+        (True, False, True, None, "MKL's packed GEMM"),
+        (False, True, False, None, "rnnc's AVX2 kernel"),
+        (False, False, True, None, "RNNC_MKL_PACKED=0"),
+        (False, False, False, "0", "(RNNC_PANEL_GEMM=0)"),
+        (False, False, False, None, "no AVX2 and FMA"),
+    ],
+)
+def test_doctor_says_how_the_c_loops_multiply(monkeypatch, mkl, panel, mkl_linked, env, want):
+    from rnnc import blas, mklpacked, packedgemm
+    from rnnc.commands import doctor
+
+    monkeypatch.setattr(mklpacked, "in_use", lambda: mkl)
+    monkeypatch.setattr(packedgemm, "in_use", lambda: panel)
+    monkeypatch.setattr(blas, "linked_mkl", lambda: mkl_linked)
+    if env is None:
+        monkeypatch.delenv("RNNC_PANEL_GEMM", raising=False)
+    else:
+        monkeypatch.setenv("RNNC_PANEL_GEMM", env)
+    what, finding, _ = doctor._loop_products()
+    assert what == "C loop products" and want in finding

@@ -154,7 +154,12 @@ def _loop_products() -> tuple[str, str, str | None]:
         return ("C loop products", "MKL's packed GEMM, weights packed once per call", None)
     if packedgemm.in_use():
         return ("C loop products", "rnnc's AVX2 kernel, weights packed once per call", None)
-    why = "RNNC_PANEL_GEMM=0" if switched_off("RNNC_PANEL_GEMM") else "no AVX2 and FMA here"
+    if blas.linked_mkl():
+        why = "RNNC_MKL_PACKED=0 or MKL_INTERFACE_LAYER=ILP64"
+    elif switched_off("RNNC_PANEL_GEMM"):
+        why = "RNNC_PANEL_GEMM=0"
+    else:
+        why = "no AVX2 and FMA here"
     return ("C loop products", f"the BLAS at every step ({why})", None)
 
 
