@@ -33,6 +33,7 @@ CPU where both are installed, else the one that is:
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -58,8 +59,10 @@ def _library_dirs() -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
+@functools.cache
 def intel_cpu() -> bool:
-    """Whether this is an Intel CPU of x86-64 (Linux's ``/proc/cpuinfo``)."""
+    """Whether this is an Intel CPU of x86-64 (Linux's ``/proc/cpuinfo``, read once
+    per process)."""
     try:
         return (
             platform.machine() in ("x86_64", "AMD64")

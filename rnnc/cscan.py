@@ -316,6 +316,11 @@ def _wide_sum(op: Scan, state, update) -> bool:
     shape = state.type.shape
     if len(shape) != 2 or None in shape or shape[0] >= shape[1]:
         return False
+    return _adds_to(op, state, update)
+
+
+def _adds_to(op: Scan, state, update) -> bool:
+    """Whether the step's ``update`` of ``state`` is an addition, ``state``'s one use."""
     uses = [client for client, _ in op.fgraph.clients[state]]
     return (
         update.owner is not None
@@ -570,13 +575,7 @@ def local_sums_after_loop(fgraph, node: Apply):
         if not _only_last_used(fgraph, out) or len(fgraph.clients[out]) != 1:
             continue
         add = update.owner
-        if (
-            add is None
-            or not isinstance(add.op, Elemwise)
-            or not isinstance(add.op.scalar_op, ps.Add)
-        ):
-            continue
-        if len(add.inputs) != 2 or state not in add.inputs or len(inner_clients[state]) != 1:
+        if not _adds_to(op, state, update) or len(add.inputs) != 2 or state not in add.inputs:
             continue
         term = add.inputs[1 - add.inputs.index(state)]
         dot = term.owner

@@ -63,6 +63,7 @@ __all__ = [
     "in_use",
     "local_packed_products",
     "packed_products",
+    "packed_uses",
     "product_c",
     "register",
 ]
@@ -300,12 +301,8 @@ def packed_products(node: Apply, dot: type[Op], packable: Callable[[Any], bool])
     stamps = []
     inner_non_seqs = op.inner_non_seqs(list(graph.inputs))
     for inner, outer in zip(inner_non_seqs, op.outer_non_seqs(node.inputs), strict=True):
-        uses = [
-            client
-            for client, i in graph.clients[inner]
-            if i == 1 and isinstance(client.op, Dot) and packable(client.inputs[0])
-        ]
-        if not uses or not packable(inner):
+        uses = packed_uses(graph, inner, packable)
+        if not uses:
             continue
         stamp = pt.lscalar(f"{inner.name or 'w'}_stamp")
         graph.add_input(stamp)
@@ -317,6 +314,18 @@ def packed_products(node: Apply, dot: type[Op], packable: Callable[[Any], bool])
     info = dataclasses.replace(op.info, n_non_seqs=op.info.n_non_seqs + len(stamps))
     new_op = rebuilt_scan(op, list(graph.inputs), list(graph.outputs), info)
     return new_op(*node.inputs, *stamps, return_list=True)
+
+
+def packed_uses(graph: Any, inner: Any, packable: Callable[[Any], bool]) -> list[Apply]:
+    """The products ``a @ inner`` of a step's ``graph`` that :func:`packed_products`
+    computes with ``inner`` packed (``a`` and ``inner`` both ``packable``)."""
+    if not packable(inner):
+        return []
+    return [
+        client
+        for client, i in graph.clients[inner]
+        if i == 1 and isinstance(client.op, Dot) and packable(client.inputs[0])
+    ]
 
 
 def in_use() -> bool:

@@ -46,10 +46,9 @@ from typing import Any
 from pytensor.graph.basic import Apply
 from pytensor.graph.rewriting.basic import node_rewriter
 from pytensor.scan.op import Scan
-from pytensor.tensor.math import Dot
 
 from rnnc.env import switched_off
-from rnnc.mklpacked import StampedProduct, packed_products, product_c
+from rnnc.mklpacked import StampedProduct, packed_products, packed_uses, product_c
 
 __all__ = ["PanelDot", "in_use", "local_panel_products", "packs_every_use"]
 
@@ -204,13 +203,10 @@ def packs_every_use(op: Scan, inner: Any) -> bool:
     only as the right operand of products by float32 matrices. Such an invariant
     needs no row-major copy and no padded rows before the loop
     (:func:`rnnc.cscan.local_contiguous_invariants`): its panels are both."""
-    if not _float32_matrix(inner) or not in_use():
+    if not in_use():
         return False
-    uses = op.fgraph.clients[inner]
-    return bool(uses) and all(
-        i == 1 and isinstance(client.op, Dot) and _float32_matrix(client.inputs[0])
-        for client, i in uses
-    )
+    uses = packed_uses(op.fgraph, inner, _float32_matrix)
+    return bool(uses) and len(uses) == len(op.fgraph.clients[inner])
 
 
 def in_use() -> bool:
