@@ -15,6 +15,7 @@ from pytensor.graph.fg import FunctionGraph
 from pytensor.scan.op import Scan
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.extra_ops import CpuContiguous
+from pytensor.tensor.math import Dot
 from pytensor.tensor.subtensor import IncSubtensor
 
 import rnnc
@@ -331,6 +332,9 @@ def _summed_states(fn) -> int:
 def test_a_weight_gradient_of_per_step_factors_is_one_product_after_the_loop(lstm_gradient):
     """``dW_h = sum_t h_{t-1}.T @ g_t``: ``h`` is a sequence of the backward loop and
     ``g`` (the gates' gradients) one of its per-step outputs, so the sum is one
-    product after the loop (the values: the test above)."""
+    product after the loop (the values: the test above), through the BLAS."""
     rewritten, plain = lstm_gradient
     assert (_summed_states(rewritten), _summed_states(plain)) == (0, 1)
+    # every product outside the loops is BLAS's Dot22: none left to NumPy's Dot
+    outside = [n.op for n in rewritten.maker.fgraph.apply_nodes]
+    assert not any(type(op) is Dot for op in outside)
