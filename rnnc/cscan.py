@@ -247,8 +247,8 @@ def _aliased_rows(var) -> bool:
 def local_contiguous_invariants(fgraph, node: Apply):
     """Give a scan its transposed loop invariants as row-major copies, and those
     whose rows are a multiple of 2 KB long with padded rows (see the module); not
-    those that :mod:`rnnc.packedgemm` packs, which its panels lay out."""
-    from rnnc.packedgemm import packs_every_use
+    those that :mod:`rnnc.mklpacked`'s pass packs, which packing lays out."""
+    from rnnc.mklpacked import packs_every_use
 
     op = node.op
     non_seqs = op.outer_non_seqs(node.inputs)

@@ -64,6 +64,7 @@ __all__ = [
     "local_packed_products",
     "packed_products",
     "packed_uses",
+    "packs_every_use",
     "product_c",
     "register",
 ]
@@ -326,6 +327,26 @@ def packed_uses(graph: Any, inner: Any, packable: Callable[[Any], bool]) -> list
         for client, i in graph.clients[inner]
         if i == 1 and isinstance(client.op, Dot) and packable(client.inputs[0])
     ]
+
+
+def packs_every_use(op: Scan, inner: Any) -> bool:
+    """Whether :func:`register`'s pass will pack the loop invariant ``inner`` of the
+    scan ``op`` for every use it has: :class:`PackedDot` or
+    :class:`rnnc.packedgemm.PanelDot` in use, and ``inner`` used by the step only as
+    the right operand of products that the op in use takes. Such an invariant needs
+    no row-major copy and no padded rows before the loop
+    (:func:`rnnc.cscan.local_contiguous_invariants`): packing lays it out, transposed
+    or not."""
+    from rnnc import packedgemm
+
+    if in_use():
+        packable = _packable
+    elif packedgemm.in_use():
+        packable = packedgemm.float32_matrix
+    else:
+        return False
+    uses = packed_uses(op.fgraph, inner, packable)
+    return bool(uses) and len(uses) == len(op.fgraph.clients[inner])
 
 
 def in_use() -> bool:

@@ -48,9 +48,9 @@ from pytensor.graph.rewriting.basic import node_rewriter
 from pytensor.scan.op import Scan
 
 from rnnc.env import switched_off
-from rnnc.mklpacked import StampedProduct, packed_products, packed_uses, product_c
+from rnnc.mklpacked import StampedProduct, packed_products, product_c
 
-__all__ = ["PanelDot", "in_use", "local_panel_products", "packs_every_use"]
+__all__ = ["PanelDot", "in_use", "local_panel_products"]
 
 #: Columns of a panel (two AVX vectors of float32) and rows of the kernel's block;
 #: the C code below is written for these two values.
@@ -184,7 +184,7 @@ class PanelDot(StampedProduct):
         )
 
 
-def _float32_matrix(var: Any) -> bool:
+def float32_matrix(var: Any) -> bool:
     return var.ndim == 2 and var.dtype == "float32"
 
 
@@ -194,19 +194,7 @@ def local_panel_products(fgraph: Any, node: Apply) -> Any:
     :class:`PanelDot` (see the module)."""
     if not in_use():
         return None
-    return packed_products(node, PanelDot, _float32_matrix)
-
-
-def packs_every_use(op: Scan, inner: Any) -> bool:
-    """Whether the rewrite will pack the loop invariant ``inner`` of the scan ``op``
-    for every use it has: in use, and ``inner`` a float32 matrix that the step uses
-    only as the right operand of products by float32 matrices. Such an invariant
-    needs no row-major copy and no padded rows before the loop
-    (:func:`rnnc.cscan.local_contiguous_invariants`): its panels are both."""
-    if not in_use():
-        return False
-    uses = packed_uses(op.fgraph, inner, _float32_matrix)
-    return bool(uses) and len(uses) == len(op.fgraph.clients[inner])
+    return packed_products(node, PanelDot, float32_matrix)
 
 
 def in_use() -> bool:

@@ -76,6 +76,13 @@ def ops_in_loops(fn, op_type) -> int:
     )
 
 
+def row_major_copies(fn) -> int:
+    """How many row-major copies (of loop invariants) a compiled function makes."""
+    from rnnc.cscan import RowMajorCopy
+
+    return sum(isinstance(n.op, RowMajorCopy) for n in fn.maker.fgraph.apply_nodes)
+
+
 def load_reference(name: str) -> dict[str, np.ndarray]:
     """One PyTorch reference case (see tests/reference/README.md), NumPy only."""
     with np.load(REFERENCE / f"{name}.npz", allow_pickle=False) as data:

@@ -223,11 +223,13 @@ def test_pad_rows_copies_into_rows_a_cache_line_longer():
     assert got.strides == ((4 + cscan.ROW_PAD_BYTES // 4) * 4, 4)
 
 
-def test_a_masked_lstm_with_padded_weights_equals_pytensors_own_graph():
+def test_a_masked_lstm_with_padded_weights_equals_pytensors_own_graph(monkeypatch):
     """H=64 in float64: ``W_h`` is ``[64, 256]``, rows of 2 KB, so the forward loop gets
-    it padded and the backward loop keeps ``dW_h`` transposed; with a mask of lengths
-    (padded steps keep the state) the C function equals the Python backend's, which
-    runs none of rnnc's scan rewrites."""
+    it padded (where no packed product lays it out) and the backward loop keeps
+    ``dW_h`` transposed; with a mask of lengths (padded steps keep the state) the C
+    function equals the Python backend's, which runs none of rnnc's scan rewrites."""
+    monkeypatch.setenv("RNNC_MKL_PACKED", "0")
+    monkeypatch.setenv("RNNC_PANEL_GEMM", "0")
     results = []
     for backend in ["python", "c"]:  # C last: the backend the other tests set up
         cache.configure(backend)

@@ -7,7 +7,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import ops_in_loops, tanh_rnn_and_gradient
+from conftest import ops_in_loops, row_major_copies, tanh_rnn_and_gradient
 from pytensor.compile.mode import Mode
 
 from rnnc import blas, cache, mklpacked
@@ -112,6 +112,8 @@ def test_scans_multiply_through_packed_products_and_compute_the_same(monkeypatch
     plain = function(inputs, outputs, "c")
     # the forward loop's h @ W and the backward loop's g @ W.T
     assert (ops_in_loops(packed, PackedDot), ops_in_loops(plain, PackedDot)) == (2, 0)
+    # packed from the transposed view: no row-major copy of W.T before the loop
+    assert (row_major_copies(packed), row_major_copies(plain)) == (0, 1)
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((5, 3, 4)), 0.5 * rng.standard_normal((4, 4))
     for got, want in zip(packed(x, w), plain(x, w), strict=True):

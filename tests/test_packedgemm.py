@@ -8,12 +8,11 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import ops_in_loops, tanh_rnn_and_gradient
+from conftest import ops_in_loops, row_major_copies, tanh_rnn_and_gradient
 from pytensor.compile.mode import Mode
 
 from rnnc import blas, blaskernels, packedgemm
 from rnnc.compile import function
-from rnnc.cscan import RowMajorCopy
 from rnnc.mklpacked import CallStamp
 from rnnc.packedgemm import PanelDot
 
@@ -113,10 +112,6 @@ def test_panel_dot_packs_again_when_the_weights_change_in_place():
     _close(f(av[:3]), av[:3], w.get_value())
 
 
-def _copies(fn) -> int:
-    return sum(isinstance(n.op, RowMajorCopy) for n in fn.maker.fgraph.apply_nodes)
-
-
 @needs_avx2
 def test_scans_multiply_through_panels_and_compute_the_same(monkeypatch):
     inputs, outputs = tanh_rnn_and_gradient("float32")
@@ -128,7 +123,7 @@ def test_scans_multiply_through_panels_and_compute_the_same(monkeypatch):
     # the forward loop's h @ W and the backward loop's g @ W.T
     assert (ops_in_loops(panels, PanelDot), ops_in_loops(plain, PanelDot)) == (2, 0)
     # packed from the transposed view: no row-major copy of W.T before the loop
-    assert (_copies(panels), _copies(plain)) == (0, 1)
+    assert (row_major_copies(panels), row_major_copies(plain)) == (0, 1)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 3, 20)).astype("float32")
     w = (0.3 * rng.standard_normal((20, 20))).astype("float32")
