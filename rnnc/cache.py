@@ -41,6 +41,7 @@ from typing import Any
 
 from rnnc import (
     blas,
+    colsum,
     cscan,
     interpreted,
     jaxlink,
@@ -97,6 +98,7 @@ def configure_c() -> None:
 
     blas.configure()
     simd.register()
+    colsum.register()
     cscan.register()
     mklpacked.register()  # and rnnc.packedgemm's rewrite
     flags = pytensor.config.gcc__cxxflags
