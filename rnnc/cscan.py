@@ -90,7 +90,9 @@ cost memory and, for the custom cell, time (1.024x). Here nothing new is kept. T
 LSTM (medium size, forward+gradient, one core, calls alternated, AMD EPYC of family
 25, 2026-12-06): 101.9 against 104.4 ms; at input size 1024, 301.2 against 304.7.
 The GRU's and the custom cell's sums have a factor computed in the loop (``r * h``,
-``f * h``) and stay in it.
+``f * h``) and stay in it. A sum over the rows of a per-step output (the gradient
+of a bias added in the loop: ``S_t = S_{t-1} + sum(g_t, axis=0)``) is one sum over
+the rows of ``reshape(G, [T*B, N])`` after the loop the same way.
 
 All run with PyTensor's C rewrites only (tag ``cxx_only``), after its scan rewrites
 and before the in-place ones; XLA and Numba choose their own layouts and buffers.
@@ -233,11 +235,13 @@ def _row_major(var):
 
 
 def _aliased_rows(var) -> bool:
-    """Whether ``var`` is a matrix whose rows, stored one after the other, are a
-    multiple of :data:`ALIASED_ROW_BYTES` long."""
+    """Whether ``var`` is a matrix of more than one row whose rows, stored one after
+    the other, are a multiple of :data:`ALIASED_ROW_BYTES` long (a bias's one row,
+    ``[1, 4H]``, has no other row to alias)."""
     shape = var.type.shape
     return (
         len(shape) == 2
+        and shape[0] != 1
         and bool(shape[1])
         and (shape[1] * np.dtype(var.dtype).itemsize) % ALIASED_ROW_BYTES == 0
     )
@@ -565,6 +569,40 @@ def _product(x, y):
     return pt.dot(x, y)
 
 
+def _without_broadcast_axes(var):
+    """``var`` under DimShuffles that only add or drop broadcast axes (no transposition)
+    back to a value of its own type: ``squeeze(expand_dims(x, 0), 0)`` is ``x``."""
+    x = var
+    while x.owner is not None and isinstance(x.owner.op, DimShuffle):
+        if list(x.owner.op.shuffle) != sorted(x.owner.op.shuffle):
+            break
+        x = x.owner.inputs[0]
+        if x.type == var.type:
+            return x
+    return var
+
+
+def _summed_after(op: Scan, node: Apply, term: Apply):
+    """The sum over the steps of the step's ``term``, computed after the loop: a
+    product ``a_t.T @ g_t`` or a sum over the rows ``sum(g_t, axis=0)`` (a bias's
+    gradient) of per-step values; None for any other term."""
+    if isinstance(term.op, Dot) and _matrix_transpose(term.inputs[0]):
+        a = _per_step(op, node, term.inputs[0].owner.inputs[0])
+        g = _per_step(op, node, term.inputs[1])
+        if a is None or g is None or a.ndim != 3 or g.ndim != 3:
+            return None
+        return _product(_rows(a).T, _rows(g))
+    if isinstance(term.op, DimShuffle):  # a sum's ExpandDims, then a Squeeze
+        inner = _without_broadcast_axes(term.outputs[0])
+        return None if inner.owner is None else _summed_after(op, node, inner.owner)
+    if isinstance(term.op, Sum) and term.op.axis == (0,) and term.inputs[0].ndim == 2:
+        g = _per_step(op, node, term.inputs[0])
+        if g is None:
+            return None
+        return _rows(g).sum(axis=0, dtype=term.op.dtype, acc_dtype=term.op.acc_dtype)
+    return None
+
+
 @node_rewriter([Scan])
 def local_sums_after_loop(fgraph, node: Apply):
     """Compute each sum over the steps ``S_T = S_0 + sum_t a_t.T @ g_t`` whose terms'
@@ -589,17 +627,12 @@ def local_sums_after_loop(fgraph, node: Apply):
         if not _adds_to(op, state, update) or len(add.inputs) != 2 or state not in add.inputs:
             continue
         term = add.inputs[1 - add.inputs.index(state)]
-        dot = term.owner
-        if dot is None or not isinstance(dot.op, Dot) or len(inner_clients[term]) != 1:
+        if term.owner is None or len(inner_clients[term]) != 1:
             continue
-        left, right = dot.inputs
-        if not _matrix_transpose(left):
+        total = _summed_after(op, node, term.owner)
+        if total is None:
             continue
-        a = _per_step(op, node, left.owner.inputs[0])
-        g = _per_step(op, node, right)
-        if a is None or g is None or a.ndim != 3 or g.ndim != 3:
-            continue
-        total = buffer[0] + _product(_rows(a).T, _rows(g))
+        total = buffer[0] + total
         (last,) = (client.outputs[0] for client, _ in fgraph.clients[out])
         replaced[last] = specify_shape(total.astype(last.dtype), last.type.shape)
     return replaced or None

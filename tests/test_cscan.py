@@ -87,7 +87,7 @@ def test_the_backward_loop_gets_the_transposed_weight_as_a_row_major_copy(compil
 def test_the_weight_gradient_sums_become_untraced_states(compiled):
     rewritten, plain = compiled
     (grad_scan,) = [s for s in _scans(rewritten) if s.op.info.n_mit_mot]
-    assert grad_scan.op.info.n_untraced_sit_sot == 2  # dW and db
+    assert grad_scan.op.info.n_untraced_sit_sot == 1  # dW; db is summed after the loop
     assert grad_scan.op.info.n_sit_sot == 0
     assert {s.op.info.n_untraced_sit_sot for s in _scans(plain)} == {0}
 
@@ -213,6 +213,13 @@ def test_padding_and_transposing_change_no_value(wide, steps):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
 
 
+def test_only_matrices_of_several_rows_get_padded_rows():
+    """A bias added in the loop is one ``[1, 1024]`` row: no other row to alias."""
+    shapes = {(1, 1024): False, (2, 1024): True, (None, 1024): True, (2, 1000): False}
+    for shape, padded in shapes.items():
+        assert cscan._aliased_rows(pt.tensor(dtype="float32", shape=shape)) is padded
+
+
 def test_pad_rows_copies_into_rows_a_cache_line_longer():
     x = np.arange(12.0, dtype="float32").reshape(3, 4)
     node = cscan.PadRows().make_node(pt.as_tensor(x))
@@ -334,9 +341,11 @@ def _summed_states(fn) -> int:
 def test_a_weight_gradient_of_per_step_factors_is_one_product_after_the_loop(lstm_gradient):
     """``dW_h = sum_t h_{t-1}.T @ g_t``: ``h`` is a sequence of the backward loop and
     ``g`` (the gates' gradients) one of its per-step outputs, so the sum is one
-    product after the loop (the values: the test above), through the BLAS."""
+    product after the loop (the values: the test above), through the BLAS; the
+    biases, added in the loop, have their gradient ``sum_t sum(g_t, axis=0)`` summed
+    after it too."""
     rewritten, plain = lstm_gradient
-    assert (_summed_states(rewritten), _summed_states(plain)) == (0, 1)
+    assert (_summed_states(rewritten), _summed_states(plain)) == (0, 2)
     # every product outside the loops is BLAS's Dot22: none left to NumPy's Dot
     outside = [n.op for n in rewritten.maker.fgraph.apply_nodes]
     assert not any(type(op) is Dot for op in outside)

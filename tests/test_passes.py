@@ -87,13 +87,18 @@ def test_lstm_after_all_passes_has_one_product_per_step_in_the_loop():
     before = [n for n in ir.walk(list(cell.precompute.values())) if n.op == "matmul"]
     assert len(before) == 1 and before[0].args[1].shape == ("I", "4*H")
     assert dict(cell.postcompute) == {"y": ir.Node("new", (), ("H",), "h")}
-    # widen: one [4H] value goes into the loop, added once to the product there
+    # widen: one [4H] product goes into the loop, which adds the biases' sum to it,
+    # then the product there (per step and example: two batched additions of [4H])
     (pre,) = cell.precompute.values()
-    assert pre.shape == ("4*H",) and pre.op == "add"
-    adds = [n for n in loop if n.op == "add" and n.shape == ("4*H",)]
-    assert len(adds) == 1 and set(adds[0].args) == {
-        products[0],
-        ir.Node("seq", (), ("4*H",), "_wide0"),
+    assert pre == before[0]
+    adds = [n for n in loop if n.op == "add" and n.shape == ("4*H",) and n.batched]
+    assert len(adds) == 2
+    inner, outer = sorted(adds, key=lambda n: products[0] in n.args)
+    assert set(outer.args) == {products[0], inner}
+    assert ir.Node("seq", (), ("4*H",), "_wide0") in inner.args
+    (biases,) = (a for a in inner.args if a.op != "seq")
+    assert not biases.batched and {n.value for n in ir.walk([biases]) if n.op == "param"} == {
+        f"b_{k}{g}" for k in "ih" for g in "ifgo"
     }
 
 
