@@ -11,6 +11,7 @@ import pytest
 from pytensor.compile.aliasing import add_supervisor_to_fgraph
 from pytensor.compile.io import In
 from pytensor.compile.mode import Mode
+from pytensor.compile.ops import DeepCopyOp
 from pytensor.graph.fg import FunctionGraph
 from pytensor.scan.op import Scan
 from pytensor.tensor.elemwise import Elemwise
@@ -64,7 +65,7 @@ def _rewritten_and_plain(inputs, outputs):
     without rnnc's scan rewrites."""
     cache.configure("c")
     plain = Mode(linker="cvm", optimizer="fast_run").excluding(
-        "scan_pushout_add", "rnnc_scan_for_c", "rnnc_sums_after_loop"
+        "scan_pushout_add", "rnnc_scan_for_c", "rnnc_sums_after_loop", "rnnc_own_state_buffers"
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RNNC_INTERPRETED", "0")
@@ -330,6 +331,24 @@ def test_the_gate_gradients_are_multiplied_as_the_backward_loop_wrote_them(lstm_
         x = rng.standard_normal(shape)
         for got, want in zip(rewritten(x), plain(x), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _copied_buffers(fn) -> int:
+    """Copies of a freshly allocated buffer that the function makes."""
+    return sum(
+        isinstance(n.op, DeepCopyOp)
+        and n.inputs[0].owner is not None
+        and isinstance(n.inputs[0].owner.op, IncSubtensor)
+        for n in fn.maker.fgraph.apply_nodes
+    )
+
+
+def test_each_state_starts_in_a_buffer_of_its_own(lstm_gradient):
+    """``h`` and ``c`` start from the same zeros written into one new buffer: PyTensor
+    copies it so that the loop can write each state into its own; rnnc allocates two
+    (the values: the test above)."""
+    rewritten, plain = lstm_gradient
+    assert (_copied_buffers(rewritten), _copied_buffers(plain)) == (0, 1)
 
 
 def _summed_states(fn) -> int:
