@@ -84,6 +84,29 @@ def enabled() -> bool:
     return not switched_off("RNNC_CACHE")
 
 
+_merging = False
+
+
+def merge_before_fusion() -> None:
+    """Merge identical computations right before PyTensor's elementwise fusion (once).
+
+    PyTensor runs its ``merge2`` and ``elemwise_fusion`` at the same position (49), the
+    fusion first, so a graph with two identical chains of shape arithmetic (an LSTM's
+    gradient sums two loop states whose buffers have the same length) gets a
+    ``Composite`` that computes the chain twice. Its ``FrozenFunctionGraph`` keeps the
+    copy in its C code, but a pickled one is built again without it: a function
+    loaded from rnnc's cache then had other C code than it was compiled with, and
+    the first process to load it compiled that module again (0.5 s of 1.3)."""
+    global _merging
+    if _merging:
+        return
+    from pytensor.compile.mode import optdb
+    from pytensor.graph.rewriting.basic import MergeOptimizer
+
+    optdb.register("rnnc_merge_before_fusion", MergeOptimizer(), "fast_run", position=48.99)
+    _merging = True
+
+
 def configure_c() -> None:
     """Set up PyTensor's C backend: BLAS (:func:`rnnc.blas.configure`), and C modules built
     without debug information (``-g0`` added to ``pytensor.config.gcc__cxxflags``,
@@ -93,10 +116,14 @@ def configure_c() -> None:
     of a cold compile (an LSTM gradient: 48 modules, 20.0 s with it, 15.8 s without)
     and nothing at run time (the same code, bitwise equal results). Only someone who
     debugs PyTensor's C code in gdb needs it: they set ``gcc__cxxflags=-g``.
+
+    Also: identical computations are merged once more just before elementwise fusion
+    (:func:`merge_before_fusion`).
     """
     import pytensor
 
     blas.configure()
+    merge_before_fusion()
     simd.register()
     colsum.register()
     cscan.register()

@@ -567,3 +567,37 @@ def test_doctor_says_how_the_c_loops_multiply(monkeypatch, mkl, panel, mkl_linke
         monkeypatch.setenv("RNNC_PANEL_GEMM", env)
     what, finding, _ = doctor._loop_products()
     assert what == "C loop products" and want in finding
+
+
+def _composites(fgraph) -> list:
+    """The scalar graphs of the ``Composite`` operations of a compiled graph and of
+    its loops."""
+    from pytensor.scalar.basic import Composite
+    from pytensor.scan.op import Scan
+    from pytensor.tensor.elemwise import Elemwise
+
+    out = []
+    for node in fgraph.toposort():
+        op = getattr(node.op, "op", node.op)  # rnnc.interpreted wraps some
+        if isinstance(op, Elemwise) and isinstance(op.scalar_op, Composite):
+            out.append(op.scalar_op.fgraph)
+        elif isinstance(op, Scan):
+            out.extend(_composites(op.fn.maker.fgraph))
+    return out
+
+
+def test_a_pickled_function_keeps_the_c_code_it_was_compiled_with():
+    """A ``Composite`` whose scalar graph holds one computation twice loses the copy
+    when it is pickled: loaded from rnnc's cache in a new process, its module has
+    other C code than the one compiled, and is compiled again. The LSTM's gradient
+    had one (two loop states' buffer lengths, fused before PyTensor merged them)."""
+    import pickle
+
+    layer = rnnc.Recurrent("lstm", I=3, H=4, backend="c", seed=0)
+    x = pt.tensor3("x", dtype="float32")
+    y = layer(x).outputs["y"]
+    fn = function([x], [y, *pytensor.grad((y * y).sum(), list(layer.params.values()))], "c")
+    compiled = _composites(fn.maker.fgraph)
+    loaded = _composites(pickle.loads(pickle.dumps(fn)).maker.fgraph)
+    assert compiled and all(len(set(g.toposort())) == len(g.toposort()) for g in compiled)
+    assert [len(g.toposort()) for g in loaded] == [len(g.toposort()) for g in compiled]
