@@ -640,7 +640,9 @@ def _summed_after(op: Scan, node: Apply, term: Apply):
         return _product(_rows(a).T, _rows(g))
     if isinstance(term.op, DimShuffle):  # a sum's ExpandDims, then a Squeeze
         inner = _without_broadcast_axes(term.outputs[0])
-        return None if inner.owner is None else _summed_after(op, node, inner.owner)
+        if inner is term.outputs[0] or inner.owner is None:
+            return None
+        return _summed_after(op, node, inner.owner)
     if isinstance(term.op, Sum) and term.op.axis == (0,) and term.inputs[0].ndim == 2:
         g = _per_step(op, node, term.inputs[0])
         if g is None:

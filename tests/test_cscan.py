@@ -351,6 +351,26 @@ def test_each_state_starts_in_a_buffer_of_its_own(lstm_gradient):
     assert (_copied_buffers(rewritten), _copied_buffers(plain)) == (0, 1)
 
 
+def test_a_sum_of_another_shape_stays_in_the_loop():
+    """``S_t = S_{t-1} + expand_dims(sum(x_t, 0), 0)``: the term is no sum over rows of
+    the state's shape (its ``ExpandDims`` hides none), so the sum stays in the loop,
+    and the rewrite neither fails nor loops."""
+    x = pt.tensor3("x", dtype="float64")
+    s0 = pt.zeros((1, x.shape[2]), dtype="float64")
+    states = pytensor.scan(
+        lambda xt, s: s + pt.expand_dims(xt.sum(axis=0), 0),
+        sequences=[x],
+        outputs_info=[s0],
+        return_updates=False,
+    )
+    with pytensor.config.change_flags(on_opt_error="raise"):
+        fn = function([x], states[-1], "c")
+    xv = np.random.default_rng(0).standard_normal((4, 3, 5))
+    np.testing.assert_allclose(fn(xv), xv.sum(axis=(0, 1))[None, :], rtol=1e-12)
+    expanded = pt.expand_dims(x, 0)
+    assert cscan._without_broadcast_axes(expanded) is expanded
+
+
 def _summed_states(fn) -> int:
     """The states of the function's backward loop (a weight gradient's sum)."""
     (grad_scan,) = [s for s in _scans(fn) if s.op.info.n_mit_mot]
