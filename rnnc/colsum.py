@@ -31,6 +31,8 @@ from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.link.c.op import COp
 from pytensor.tensor.math import Sum
 
+from rnnc.simd import VECTOR_LOOP
+
 __all__ = ["ColumnSum", "local_column_sums", "register"]
 
 FLOATS = ("float32", "float64")
@@ -62,16 +64,14 @@ class ColumnSum(COp):
     def infer_shape(self, fgraph: Any, node: Any, shapes: Any) -> Any:
         return [(shapes[0][1],)]
 
+    def c_support_code(self, **kwargs: Any) -> str:
+        return VECTOR_LOOP
+
     def c_support_code_apply(self, node: Any, name: str) -> str:
         item = f"npy_{node.inputs[0].dtype}"
         acc = f"npy_{self.acc_dtype}"
-        # 512-bit vectors where g++ has AVX-512 but prefers 256 (rnnc.simd)
         return f"""
-#if defined(__x86_64__)
-__attribute__((noinline, target("prefer-vector-width=512")))
-#else
-__attribute__((noinline))
-#endif
+RNNC_VECTOR_LOOP
 static void {name}_loop(npy_intp rows, npy_intp cols, const {item}* x, npy_intp step,
                         {acc}* acc) {{
     for (npy_intp j = 0; j < cols; j++) acc[j] = 0;
@@ -123,7 +123,7 @@ static void {name}_loop(npy_intp rows, npy_intp cols, const {item}* x, npy_intp 
 """
 
     def c_code_cache_version(self) -> tuple[int, ...]:
-        return (1,)
+        return (2,)
 
 
 @node_rewriter([Sum])
