@@ -573,18 +573,18 @@ def register() -> None:
         position=49.28,  # before the untraced sums take the states it removes
     )
     optdb.register(
-        "rnnc_own_state_buffers",
-        dfs_rewriter(local_own_state_buffers),
-        "fast_run",
-        "cxx_only",
-        position=50.4,  # after the in-place rewrites of elementwise work, before scan's
-    )
-    optdb.register(
         "rnnc_sums_after_loop_cleanup",
         dfs_rewriter(scan_remove_unused),  # the states whose sum moved out
         "fast_run",
         "cxx_only",
         position=49.29,
+    )
+    optdb.register(
+        "rnnc_own_state_buffers",
+        dfs_rewriter(local_own_state_buffers),
+        "fast_run",
+        "cxx_only",
+        position=50.4,  # after the in-place rewrites of elementwise work, before scan's
     )
     _registered = True
 

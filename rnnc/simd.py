@@ -99,8 +99,6 @@ NUMERIC = {"bool", "int8", "int16", "int32", "int64", "uint8", "float32", "float
 #: What the scalar code is given to jump to on an error: never there in code accepted.
 NO_FAIL = "RNNC_SCALAR_CODE_CANNOT_FAIL"
 
-#: Whether an array is rows of contiguous elements, one step apart (in elements, put
-#: in ``*step``): its last axis contiguous and its other axes one axis with one stride.
 #: The attributes of a vector loop's function: not inlined, and 512-bit vectors where
 #: the CPU has them (g++ 8 and later; g++ prefers 256 bits for Intel's AVX-512 CPUs).
 VECTOR_LOOP = """
@@ -113,6 +111,8 @@ VECTOR_LOOP = """
 #endif
 """
 
+#: Whether an array is rows of contiguous elements, one step apart (in elements, put
+#: in ``*step``): its last axis contiguous and its other axes one axis with one stride.
 ROWS = """
 static int rnnc_rows(PyArrayObject* a, npy_intp* step) {
     const int nd = PyArray_NDIM(a);
