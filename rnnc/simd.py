@@ -435,7 +435,7 @@ def local_joined_outputs(fgraph: Any, node: Any) -> Any:
     its four gate gradients so)."""
     axis, *parts = node.inputs
     source = parts[0].owner
-    if source is None:
+    if source is None or not in_use():
         return None
     if isinstance(source.op, VectorElemwise):
         if source.op.joined:
@@ -466,10 +466,12 @@ _registered = False
 
 
 def register() -> bool:
-    """Add :func:`local_vector_elemwise` to PyTensor's C rewrites (once); returns
-    whether it is in use (:func:`in_use`)."""
+    """Add :func:`local_vector_elemwise` to PyTensor's C rewrites (once, where the loops
+    can be built); each rewrites only while in use (asked at each compilation, so that
+    ``RNNC_SIMD=0`` at the first set-up does not switch them off for the process).
+    Returns whether they are in use now (:func:`in_use`)."""
     global _registered
-    if not in_use():
+    if not available():
         return False
     if not _registered:
         from pytensor.compile.mode import optdb
@@ -483,4 +485,4 @@ def register() -> bool:
             position=49.4,  # after elementwise fusion (49), before in-place (49.5)
         )
         _registered = True
-    return True
+    return in_use()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
@@ -108,6 +111,32 @@ def test_rnnc_simd_0_switches_it_off(monkeypatch):
     fn = function([x], pt.exp(x) * 2, "c")
     assert simd.VectorElemwise not in _ops(fn)
     np.testing.assert_allclose(fn(np.ones((2, 2))), 2 * np.e * np.ones((2, 2)))
+
+
+SWITCHED_OFF_FIRST = """
+import os
+import pytensor.tensor as pt
+from rnnc import simd
+from rnnc.compile import function
+
+x = pt.matrix("x", dtype="float64")
+os.environ["RNNC_SIMD"] = "0"
+off = function([x], pt.exp(x) * 2, "c")
+del os.environ["RNNC_SIMD"]
+on = function([x], pt.exp(x) * 3, "c")
+print(*(any(isinstance(n.op, simd.VectorElemwise) for n in f.maker.fgraph.apply_nodes)
+        for f in (off, on)))
+"""
+
+
+def test_switched_off_at_the_first_set_up_is_on_again_without_the_switch():
+    """The rewrite is registered once per process: ``RNNC_SIMD=0`` when the C backend
+    is first set up must not keep the loops off for the rest of the process."""
+    out = subprocess.run(
+        [sys.executable, "-c", SWITCHED_OFF_FIRST], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_unequal_shapes_are_an_error_not_a_crash():
