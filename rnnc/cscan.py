@@ -79,7 +79,8 @@ needs), the rewrite::
     Scan(states=[S], S_t = S_{t-1} + a_t.T @ g_t)[-1]
     ->  S_0 + reshape(A, [T*B, K]).T @ reshape(G, [T*B, N])
 
-computes the sum as one product after the loop (K = T*B terms per sum; built as
+computes the sum as one product after the loop (``S_0 +`` left out where ``S_0`` is
+zeros, as a gradient's sum starts; K = T*B terms per sum; built as
 BLAS's ``Dot22``, since PyTensor's rewrites that would make a ``Dot`` one have run:
 on the Intel Xeon of 2026-12-06 the ``Dot``, computed by NumPy's OpenBLAS, took 20.4
 ms, the MKL ``Dot22`` 16.1) and the loop drops the state (PyTensor's
@@ -347,17 +348,32 @@ def _adds_to(op: Scan, state, update) -> bool:
     )
 
 
-def _transposed_copy(var):
-    """``var.T`` in row-major order; a new ``alloc`` of the transposed shape when
-    ``var`` is a part of an ``alloc`` of one value (a sum's zeros: transposing them
-    would copy 1 MB for nothing)."""
+def _filled_with(var):
+    """The one value that ``var``, a part of an ``alloc`` of one value, holds (a
+    broadcastable variable); else None."""
     source = var
     while source.owner is not None and isinstance(source.owner.op, Subtensor | SpecifyShape):
         source = source.owner.inputs[0]
     if source.owner is not None and isinstance(source.owner.op, Alloc):
         value = source.owner.inputs[0]
         if all(value.type.broadcastable):
-            return pt.alloc(value.squeeze(), *var.type.shape[::-1])
+            return value
+    return None
+
+
+def _zeros(var) -> bool:
+    """Whether ``var`` is a part of an ``alloc`` of the constant zero."""
+    value = _filled_with(var)
+    return isinstance(value, Constant) and not np.any(value.data)
+
+
+def _transposed_copy(var):
+    """``var.T`` in row-major order; a new ``alloc`` of the transposed shape when
+    ``var`` is a part of an ``alloc`` of one value (a sum's zeros: transposing them
+    would copy 1 MB for nothing)."""
+    value = _filled_with(var)
+    if value is not None:
+        return pt.alloc(value.squeeze(), *var.type.shape[::-1])
     return _row_major(var.T)
 
 
@@ -680,7 +696,8 @@ def local_sums_after_loop(fgraph, node: Apply):
         total = _summed_after(op, node, term.owner)
         if total is None:
             continue
-        total = buffer[0] + total
+        if not _zeros(buffer):  # a gradient's sum starts from zeros: nothing to add
+            total = buffer[0] + total
         (last,) = (client.outputs[0] for client, _ in fgraph.clients[out])
         replaced[last] = specify_shape(total.astype(last.dtype), last.type.shape)
     return replaced or None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytensor
+import pytensor.scalar as ps
 import pytensor.tensor as pt
 import pytest
 from pytensor.compile.aliasing import add_supervisor_to_fgraph
@@ -385,6 +386,11 @@ def test_a_weight_gradient_of_per_step_factors_is_one_product_after_the_loop(lst
     after it too."""
     rewritten, plain = lstm_gradient
     assert (_summed_states(rewritten), _summed_states(plain)) == (0, 2)
+    # the sums start from zeros: the products are the gradients, nothing added to them
+    assert not any(
+        isinstance(getattr(n.op, "scalar_op", None), ps.Add) and any(map(cscan._zeros, n.inputs))
+        for n in rewritten.maker.fgraph.apply_nodes
+    )
     # every product outside the loops is BLAS's Dot22: none left to NumPy's Dot
     outside = [n.op for n in rewritten.maker.fgraph.apply_nodes]
     assert not any(type(op) is Dot for op in outside)
