@@ -440,7 +440,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def versions() -> str:
+def versions(backends: list[str]) -> str:
     import pytensor
 
     parts = [f"Python {platform.python_version()}", f"PyTensor {pytensor.__version__}"]
@@ -449,7 +449,10 @@ def versions() -> str:
             parts.append(f"{mod} {__import__(mod).__version__}")
         except ImportError:
             pass
-    parts.append(f"blas__ldflags={pytensor.config.blas__ldflags!r}")
+    if "c" in backends:  # the C backend's BLAS, as rnnc links it (no other backend has one)
+        from rnnc import blas
+
+        parts.append(f"blas__ldflags={blas.configure()!r}")
     return ", ".join(parts)
 
 
@@ -669,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                             "compile_s": c.compile_s or None,
                             "date": date,
                             "machine": machine(),
-                            "versions": versions(),
+                            "versions": versions(split(args.backends)),
                         }
                     )
     if not args.no_write:
