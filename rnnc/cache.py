@@ -50,6 +50,7 @@ from rnnc import (
     mklpacked,
     packedgemm,
     pch,
+    rowreduce,
     simd,
 )
 from rnnc.cbuild import parallel_modules
@@ -126,6 +127,7 @@ def configure_c() -> None:
     merge_before_fusion()
     simd.register()
     colsum.register()
+    rowreduce.register()
     cscan.register()
     mklpacked.register()  # and rnnc.packedgemm's rewrite
     flags = pytensor.config.gcc__cxxflags
