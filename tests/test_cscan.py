@@ -18,6 +18,7 @@ from pytensor.scan.op import Scan
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.extra_ops import CpuContiguous
 from pytensor.tensor.math import Dot
+from pytensor.tensor.shape import Reshape, SpecifyShape
 from pytensor.tensor.subtensor import IncSubtensor
 
 import rnnc
@@ -332,6 +333,35 @@ def test_the_gate_gradients_are_multiplied_as_the_backward_loop_wrote_them(lstm_
         x = rng.standard_normal(shape)
         for got, want in zip(rewritten(x), plain(x), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _reversed_scan_outputs_reshaped(fn) -> list:
+    """Reshapes into rows of a scan's output reversed in time (a copy)."""
+    found = []
+    for node in fn.maker.fgraph.apply_nodes:
+        if isinstance(node.op, Reshape):
+            source = node.inputs[0]
+            if source.owner is not None and isinstance(source.owner.op, SpecifyShape):
+                source = source.owner.inputs[0]
+            if cscan._reversed_steps(source) is not None:
+                found.append(node)
+    return found
+
+
+def test_gate_gradients_of_a_sequence_of_static_length_are_not_copied_either():
+    """With the number of steps known (a training batch's static shape) PyTensor
+    reverses the loop's gradients without the copy into zeros; the products take them
+    as the loop wrote them all the same."""
+    layer = rnnc.Recurrent("lstm", I=3, H=4, dtype="float64", backend="c", seed=0)
+    x = pt.tensor("x", dtype="float64", shape=(2, 5, 3))
+    y = layer(x).outputs["y"]
+    grads = pytensor.grad((y**2).sum(), [x, *layer.params.values()])
+    rewritten, plain = _rewritten_and_plain([x], [y, *grads])
+    assert _reversed_scan_outputs_reshaped(rewritten) == []
+    assert _reversed_scan_outputs_reshaped(plain) != []
+    value = np.random.default_rng(4).standard_normal((2, 5, 3))
+    for got, want in zip(rewritten(value), plain(value), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def _copied_buffers(fn) -> int:
