@@ -135,7 +135,7 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def mode(backend: str | None = None) -> Mode:
+def mode(backend: str | None = None, interpreted_ops: bool | None = None) -> Mode:
     """PyTensor's compilation mode for a backend.
 
     The C mode leaves out PyTensor's ``scan_pushout_add``, which turns a weight
@@ -155,9 +155,9 @@ def mode(backend: str | None = None) -> Mode:
     (LSTM, Numba), the forward the same, and the LSTM gradient of 1000 steps 519
     instead of 707 MiB (C). On JAX it changed nothing measurable.
 
-    The C mode runs :mod:`rnnc.interpreted` last (unless ``RNNC_INTERPRETED=0``): the
-    function's bookkeeping outside its loops runs in Python, so that fewer C modules
-    are compiled.
+    The C mode runs :mod:`rnnc.interpreted` last (unless ``RNNC_INTERPRETED=0``, or
+    ``interpreted_ops=False``): the function's bookkeeping outside its loops runs in
+    Python, so that fewer C modules are compiled.
     """
     backend = check_backend(backend or default_backend())
     scanjoin.register()
@@ -166,7 +166,7 @@ def mode(backend: str | None = None) -> Mode:
         c_mode = Mode(linker="cvm", optimizer="fast_run").excluding(
             "scan_pushout_add", "scan_pushout_seqs_ops"
         )
-        if not interpreted.in_use():
+        if interpreted_ops is False or not interpreted.in_use():
             return c_mode
         interpreted.register()
         return c_mode.including("rnnc_interpreted")
@@ -182,10 +182,13 @@ def function(
     outputs: Any,
     backend: str | None = None,
     updates: Any = None,
+    interpreted_ops: bool | None = None,
     **kwargs: Any,
 ) -> pytensor.compile.function.types.Function:
     """``pytensor.function`` with the mode of ``backend`` (its caches and BLAS set up
-    by :func:`rnnc.cache.configure`; see docs/backends.md)."""
+    by :func:`rnnc.cache.configure`; see docs/backends.md). ``interpreted_ops=False``
+    compiles the C function's bookkeeping too (:mod:`rnnc.interpreted`): slower to
+    build, faster at every call, for a function called many times (a training step)."""
     from rnnc import cache
 
     backend = check_backend(backend or default_backend())
@@ -197,7 +200,7 @@ def function(
             list(inputs),
             outputs,
             updates=updates,
-            mode=mode(backend),
+            mode=mode(backend, interpreted_ops),
             on_unused_input="ignore",
             **kwargs,
         )

@@ -89,3 +89,20 @@ def test_switched_off_by_rnnc_interpreted(monkeypatch):
     assert interpreted.in_use()
     monkeypatch.setenv("RNNC_INTERPRETED", "0")
     assert not interpreted.in_use()
+
+
+def test_a_training_step_compiles_its_bookkeeping_and_evaluation_does_not(monkeypatch):
+    """``interpreted_ops=False`` for the function called at every step of training;
+    the others keep their bookkeeping in Python."""
+    from rnnc.train import LanguageModel
+    from rnnc.train.optim import Adam
+
+    monkeypatch.setenv("RNNC_CACHE", "0")
+    model = LanguageModel("rnn", 5, rnn_size=3, num_layers=1, dtype="float64")
+    compiled = model.compile(Adam(lr=0.01), "c", ("train", "eval"))
+
+    def interpreted_nodes(fn) -> int:
+        return sum(isinstance(n.op, Interpreted) for n in fn.maker.fgraph.apply_nodes)
+
+    assert interpreted_nodes(compiled.train_fn) == 0
+    assert interpreted_nodes(compiled.eval_fn) > 0

@@ -325,7 +325,9 @@ class LanguageModel:
                 loss = sequence_cross_entropy(logits, y)
                 updates, norm = optimizer.updates(self.params, loss)
                 inputs = [x, y, *flat(s0), *(masks if self.dropout.p else [])]
-                return function(inputs, [loss, norm, *flat(finals)], backend, updates=updates)
+                # called thousands of times: its bookkeeping compiled too (rnnc.interpreted)
+                outputs = [loss, norm, *flat(finals)]
+                return function(inputs, outputs, backend, updates=updates, interpreted_ops=False)
 
             if type(optimizer).__module__ != Optimizer.__module__:
                 train = build_train()  # the user's class: options() may not name all
