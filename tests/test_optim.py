@@ -116,6 +116,19 @@ def test_clip_by_global_norm_over_all_parameters():
     np.testing.assert_allclose(a.get_value(), [-3.0, 0.0])
 
 
+@pytest.mark.parametrize("backend", [FAST, "c"])
+def test_the_global_norm_of_float32_gradients_squares_them_in_float64(backend):
+    """A float32 gradient of 1e20 squares to more than float32 holds; the norm is the
+    finite 1e20 all the same, and the step is taken (clipped to the norm asked)."""
+    p = pytensor.shared(np.zeros(2, dtype="float32"))
+    q = pytensor.shared(np.zeros(1, dtype="float32"))
+    loss = pt.sum(p * np.asarray([1e20, 0.0], "float32")) + pt.sum(q * np.float32(3.0))
+    updates, norm = SGD(lr=1.0, clip_norm=1.0).updates({"p": p, "q": q}, loss)
+    fn = function([], norm, backend, updates=updates)
+    assert float(fn()) == pytest.approx(1e20, rel=1e-6)
+    np.testing.assert_allclose(p.get_value(), [-1.0, 0.0], rtol=1e-6)
+
+
 def test_float32_parameters_stay_float32():
     p = pytensor.shared(P0.astype("float32"))
     opt = Adam(lr=1e-3)

@@ -31,11 +31,16 @@ __all__ = ["SGD", "Adagrad", "Adam", "Optimizer", "RMSprop", "make_optimizer", "
 
 
 def _global_norm(grads: list[Any]) -> Any:
-    """The L2 norm of all gradients together, in float64. (One sum over the joined
-    gradients, not a sum of sums: PyTensor rewrites the latter into one elementwise
-    Add, which fails in its Python mode with more than 32 inputs.)"""
-    flat = pt.concatenate([pt.cast(g, "float64").flatten() for g in grads])
-    return pt.sqrt(pt.sum(pt.sqr(flat)))
+    """The L2 norm of all gradients together, squares summed in float64. (One sum over
+    the joined gradients, not a sum of sums: PyTensor rewrites the latter into one
+    elementwise Add, which fails in its Python mode with more than 32 inputs.) The
+    gradients are joined in their own dtype and cast inside the sum, which PyTensor
+    fuses: no float64 copy of each gradient first. The same value; ``rnnc train``'s
+    step on C (two layers of 128, ``clip_value``: two norms) took 0.974-0.981 of the
+    time of casting before the join (one process, calls alternated, both build orders,
+    2026-12-06)."""
+    flat = pt.concatenate([g.flatten() for g in grads])
+    return pt.sqrt(pt.sum(pt.sqr(pt.cast(flat, "float64"))))
 
 
 class Optimizer:
