@@ -532,6 +532,9 @@ def _in_time_order(fgraph, reshape: Apply, g):
     """The uses of ``reshape``'s rows of ``g``'s steps turned around (``g[::-1]``) as
     sums and products of ``g``'s rows as they are; None unless every use is one."""
     rows = reshape.outputs[0]
+    width = rows.type.shape[1]
+    if width is None or width != g.type.shape[2]:
+        return None  # not rows of steps times batch (unknown, or other axes merged)
     flat = reshape.op(g, reshape.inputs[1])  # a view: g is one block of memory
     replaced = {}
     for client, position in fgraph.clients[rows]:
