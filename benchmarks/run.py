@@ -642,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     which = set(split(args.candidates))
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.no_write else []
     date = datetime.date.today().isoformat()
+    stamp = {"date": date, "machine": machine(), "versions": versions(split(args.backends))}
     for cell in split(args.cells):
         for size in split(args.sizes):
             b, t, i, h = SIZES[size]
@@ -670,9 +671,7 @@ def main(argv: list[str] | None = None) -> int:
                             "candidate": c.name,
                             "seconds": sec,
                             "compile_s": c.compile_s or None,
-                            "date": date,
-                            "machine": machine(),
-                            "versions": versions(split(args.backends)),
+                            **stamp,
                         }
                     )
     if not args.no_write:
