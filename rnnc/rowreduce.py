@@ -99,19 +99,21 @@ class LastAxisReduce(COp):
             # PyTensor's maximum, (v > a) ? v : ((a >= v) ? a : nan), keeps the first
             # of equal values and is NaN from a NaN on: the same as the larger value
             # without branches (v > a ? v : a) and a NaN at the end where one was seen
-            first, start = "x[(r + k) * step]", 1
+            seen = "    int seen[M];"
+            first = "a[k] = x[(r + k) * step]; seen[k] = (a[k] != a[k]);"
+            start = 1
             step_op = "a[k] = (v > a[k]) ? v : a[k]; seen[k] |= (v != v);"
             last = f'(seen[k] && cols > 1) ? ({item})nan("") : ({item})a[k]'
         else:
-            first, start = "0", 0
+            seen, first, start = "", "a[k] = 0;", 0
             step_op = f"a[k] += ({acc})v;"
             last = f"({item})a[k]"
         block = "\n".join(
             [
                 "{",
                 f"    {acc} a[M];",
-                "    int seen[M];",
-                f"    for (int k = 0; k < M; k++) {{ a[k] = {first}; seen[k] = (a[k] != a[k]); }}",
+                seen,
+                f"    for (int k = 0; k < M; k++) {{ {first} }}",
                 f"    for (npy_intp i = {start}; i < cols; i++) {{",
                 "        for (int k = 0; k < M; k++) {",
                 f"            const {acc} v = x[(r + k) * step + i];",
@@ -188,7 +190,7 @@ static void {name}_loop(npy_intp rows, npy_intp cols, const {item}* x, npy_intp 
 """
 
     def c_code_cache_version(self) -> tuple[int, ...]:
-        return (1,)
+        return (2,)
 
 
 @node_rewriter([Sum, Max])
