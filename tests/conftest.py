@@ -64,6 +64,11 @@ def tanh_rnn_and_gradient(dtype: str):
     return [x, w], [hs, *pytensor.grad((hs**2).sum(), [x, w])]
 
 
+def op_types(fn) -> set[type]:
+    """The kinds of operation of a compiled function's own graph (not its loops' steps)."""
+    return {type(node.op) for node in fn.maker.fgraph.apply_nodes}
+
+
 def ops_in_loops(fn, op_type) -> int:
     """How many nodes of ``op_type`` the steps of a compiled function's scans hold."""
     from pytensor.scan.op import Scan

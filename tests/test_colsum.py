@@ -6,17 +6,13 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from conftest import ops_in_loops
+from conftest import op_types, ops_in_loops
 from pytensor.compile.mode import Mode
 from pytensor.tensor.math import Sum
 
 import rnnc
 from rnnc.colsum import ColumnSum
 from rnnc.compile import function
-
-
-def _ops(fn) -> set[type]:
-    return {type(node.op) for node in fn.maker.fgraph.apply_nodes}
 
 
 @pytest.fixture(
@@ -32,7 +28,7 @@ def sums(request):
     theirs = pytensor.function(
         [x], total, mode=Mode("cvm", "fast_run").excluding("rnnc_column_sums")
     )
-    assert ColumnSum in _ops(ours) and Sum in _ops(theirs)
+    assert ColumnSum in op_types(ours) and Sum in op_types(theirs)
     return dtype, ours, theirs
 
 
@@ -67,7 +63,7 @@ def test_other_sums_stay_pytensors():
     m = pt.matrix("m", dtype="float32")
     i = pt.matrix("i", dtype="int32")
     fn = function([x, m, i], [x.sum(axis=0), m.sum(axis=1), m.sum(), i.sum(axis=0)], "c")
-    assert ColumnSum not in _ops(fn)
+    assert ColumnSum not in op_types(fn)
 
 
 def test_a_bias_gradient_in_a_loop_is_a_column_sum():

@@ -6,6 +6,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+from conftest import op_types
 from pytensor.compile.mode import Mode
 
 from rnnc import nn
@@ -13,10 +14,6 @@ from rnnc.compile import function
 from rnnc.rowreduce import LastAxisReduce
 
 PYTENSORS = Mode("cvm", "fast_run").excluding("rnnc_last_axis_reductions")
-
-
-def _ops(fn) -> set[type]:
-    return {type(node.op) for node in fn.maker.fgraph.apply_nodes}
 
 
 @pytest.fixture(
@@ -38,7 +35,7 @@ def reductions(request):
     out = x.max(axis=-1) if kind == "max" else x.sum(axis=-1, acc_dtype=acc)
     ours = function([x], out, "c")
     theirs = pytensor.function([x], out, mode=PYTENSORS)
-    assert LastAxisReduce in _ops(ours) and LastAxisReduce not in _ops(theirs)
+    assert LastAxisReduce in op_types(ours) and LastAxisReduce not in op_types(theirs)
     return kind, dtype, ours, theirs
 
 
@@ -108,7 +105,7 @@ def test_other_reductions_stay_pytensors():
     x = pt.tensor3("x", dtype="float32")
     i = pt.tensor3("i", dtype="int32")
     fn = function([x, i], [x.sum(axis=1), x.max(axis=0), x.sum(), i.sum(axis=-1)], "c")
-    assert LastAxisReduce not in _ops(fn)
+    assert LastAxisReduce not in op_types(fn)
 
 
 def test_the_log_softmax_of_rnnc_nn_takes_its_maximum_and_sum_so():
@@ -118,7 +115,7 @@ def test_the_log_softmax_of_rnnc_nn_takes_its_maximum_and_sum_so():
     loss = nn.log_softmax(logits).sum()
     outs = [loss, pytensor.grad(loss, logits)]
     ours = function([logits], outs, "c")
-    assert LastAxisReduce in _ops(ours)
+    assert LastAxisReduce in op_types(ours)
     theirs = pytensor.function([logits], outs, mode=PYTENSORS)
     value = np.random.default_rng(3).standard_normal((4, 5, 17)).astype("float32")
     for got, want in zip(ours(value), theirs(value), strict=True):

@@ -9,6 +9,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+from conftest import op_types
 from pytensor.graph.fg import FunctionGraph
 from pytensor.link.c.basic import CLinker
 from pytensor.scalar.math import Softplus
@@ -24,10 +25,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _ops(fn) -> set[type]:
-    return {type(node.op) for node in fn.maker.fgraph.toposort()}
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_fused_elementwise_gives_numpys_values_on_every_layout(dtype):
     """Inputs as rows one step apart (a column block of a wider matrix), copied (a
@@ -39,7 +36,7 @@ def test_a_fused_elementwise_gives_numpys_values_on_every_layout(dtype):
     out1 = pt.sigmoid(a) * pt.exp(-b) + pt.log(c * c + 1)
     out2 = pt.tanh(a + c) - b
     fn = function([wide, t], [out1, out2], "c")
-    assert simd.VectorElemwise in _ops(fn) and Elemwise not in _ops(fn)
+    assert simd.VectorElemwise in op_types(fn) and Elemwise not in op_types(fn)
     rng = np.random.default_rng(0)
     w = rng.normal(size=(5, 14)).astype(dtype)
     tv = rng.normal(size=(7, 5)).astype(dtype)
@@ -56,7 +53,7 @@ def test_three_dimensional_inputs_with_gaps_are_copied_first():
     x = pt.tensor3("x", dtype="float64")
     y = pt.exp(x[:, ::2, :]) * x[:, 1::2, :]
     fn = function([x], y, "c")
-    assert simd.VectorElemwise in _ops(fn)
+    assert simd.VectorElemwise in op_types(fn)
     xv = np.random.default_rng(1).normal(size=(3, 4, 5))
     np.testing.assert_allclose(fn(xv), np.exp(xv[:, ::2]) * xv[:, 1::2], rtol=1e-13)
 
@@ -66,7 +63,7 @@ def test_a_bias_repeated_for_every_row_is_read_in_place(dtype):
     x = pt.tensor3("x", dtype=dtype)
     bias = pt.vector("bias", dtype=dtype)
     fn = function([x, bias], pt.sigmoid(x * 2 + bias), "c")
-    assert simd.VectorElemwise in _ops(fn)
+    assert simd.VectorElemwise in op_types(fn)
     rng = np.random.default_rng(2)
     xv = rng.normal(size=(3, 4, 5)).astype(dtype)
     bv = rng.normal(size=10).astype(dtype)[::2]  # elements apart: copied first
@@ -83,7 +80,7 @@ def test_a_mask_per_example_and_a_single_value_are_read_once_per_row(mask_dtype)
     scale = pt.scalar("scale", dtype="float64")
     y = pt.switch(mask[:, :, None], pt.exp(x) * scale, old)
     fn = function([x, old, mask, scale], y, "c")
-    assert simd.VectorElemwise in _ops(fn)
+    assert simd.VectorElemwise in op_types(fn)
     rng = np.random.default_rng(4)
     xv, ov = rng.normal(size=(2, 6, 5)), rng.normal(size=(2, 6, 5))
     mv = (rng.random(size=(2, 6)) > 0.5).astype(mask_dtype)
@@ -97,7 +94,7 @@ def test_other_broadcasting_and_other_outputs_stay_with_pytensor():
     x = pt.matrix("x", dtype="float32")
     cube = pt.tensor3("cube", dtype="float32")
     fn = function([cube, x], pt.exp(cube) * x[None, :, :], "c")  # repeated along axis 0 only
-    assert simd.VectorElemwise not in _ops(fn)
+    assert simd.VectorElemwise not in op_types(fn)
     fn = function([x], [pt.exp(x), x > 0], "c")  # a bool output
     assert all(
         not isinstance(n.op, simd.VectorElemwise) or n.outputs[0].dtype == "float32"
@@ -109,7 +106,7 @@ def test_rnnc_simd_0_switches_it_off(monkeypatch):
     monkeypatch.setenv("RNNC_SIMD", "0")
     x = pt.matrix("x", dtype="float64")
     fn = function([x], pt.exp(x) * 2, "c")
-    assert simd.VectorElemwise not in _ops(fn)
+    assert simd.VectorElemwise not in op_types(fn)
     np.testing.assert_allclose(fn(np.ones((2, 2))), 2 * np.e * np.ones((2, 2)))
 
 
@@ -143,7 +140,7 @@ def test_unequal_shapes_are_an_error_not_a_crash():
     x = pt.matrix("x", dtype="float64")
     y = pt.matrix("y", dtype="float64")
     fn = function([x, y], pt.exp(x) + y, "c")
-    assert simd.VectorElemwise in _ops(fn)
+    assert simd.VectorElemwise in op_types(fn)
     with pytest.raises(ValueError):
         fn(np.ones((2, 3)), np.ones((3, 2)))
 
@@ -167,7 +164,7 @@ def test_every_function_of_the_cell_language_vectorises_right(dtype):
     y = pt.matrix("y", dtype=dtype)
     out = pt.softplus(x) + pt.abs(x) ** y + pt.tanh(x) + pt.log1p(x * x) + pt.sqrt(pt.abs(y))
     fn = function([x, y], out, "c")
-    assert simd.VectorElemwise in _ops(fn)
+    assert simd.VectorElemwise in op_types(fn)
     rng = np.random.default_rng(3)
     xv, yv = (rng.normal(size=(4, 33)).astype(dtype) for _ in range(2))
     expected = (
