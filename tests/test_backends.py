@@ -380,7 +380,8 @@ def test_doctor_reports_blas_and_caches(capsys):
     assert ("vector loops" in rows["C elementwise loops"]) == simd.available()
     from rnnc import packedgemm
 
-    assert ("rnnc's AVX2 kernel" in rows["C loop products"]) == packedgemm.in_use()
+    kernel = "AVX-512" if packedgemm.panel_op() is packedgemm.PanelDot512 else "AVX2"
+    assert (f"rnnc's {kernel} kernel" in rows["C loop products"]) == packedgemm.in_use()
     if "openblas" in rows["C backend BLAS"] and rows["system OpenBLAS"] != "not found":
         assert rows["OpenBLAS kernels"].split()[0].isalnum()  # a core name, as "Haswell"
     if _available("jax"):  # the flags JAX compiles with, rnnc's one-core flag included

@@ -14,11 +14,22 @@ from pytensor.compile.mode import Mode
 from rnnc import blas, blaskernels, packedgemm
 from rnnc.compile import function
 from rnnc.mklpacked import CallStamp
-from rnnc.packedgemm import PanelDot
+from rnnc.packedgemm import PanelDot, PanelDot512
 
 needs_avx2 = pytest.mark.skipif(
     not {"avx2", "fma"} <= blaskernels.cpu_flags(), reason="the kernel needs AVX2 and FMA"
 )
+#: Each kernel, skipped where the CPU cannot run it.
+KERNELS = [
+    pytest.param(PanelDot, marks=needs_avx2, id="avx2"),
+    pytest.param(
+        PanelDot512,
+        marks=pytest.mark.skipif(
+            "avx512f" not in blaskernels.cpu_flags(), reason="the kernel needs AVX-512 F"
+        ),
+        id="avx512",
+    ),
+]
 
 
 def test_in_use_only_without_mkl_with_avx2_and_not_switched_off(monkeypatch):
@@ -48,11 +59,18 @@ def test_panel_dot_without_c_code_is_numpys_product():
     np.testing.assert_allclose(f(av, wv), av @ wv, rtol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def panel():
-    """``a @ w`` through PanelDot, compiled by the C backend."""
+def test_the_cpu_picks_the_kernel(monkeypatch):
+    monkeypatch.setattr(blaskernels, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
+    assert packedgemm.panel_op() is PanelDot512
+    monkeypatch.setattr(blaskernels, "cpu_flags", lambda: {"avx2", "fma"})
+    assert packedgemm.panel_op() is PanelDot
+
+
+@pytest.fixture(scope="module", params=KERNELS)
+def panel(request):
+    """``a @ w`` through each kernel's op, compiled by the C backend."""
     a, w = pt.matrix("a", dtype="float32"), pt.matrix("w", dtype="float32")
-    return function([a, w], PanelDot()(a, w, CallStamp()(w)), "c")
+    return function([a, w], request.param()(a, w, CallStamp()(w)), "c")
 
 
 def _close(got, a, w):
@@ -61,8 +79,7 @@ def _close(got, a, w):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1, a.shape[1]))
 
 
-@needs_avx2
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 6, 7, 13, 32])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 6, 7, 8, 13, 32])
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 40])
 def test_panel_dot_is_the_product_for_every_block_and_panel_remainder(panel, m, n):
     rng = np.random.default_rng(m * 100 + n)
@@ -71,7 +88,6 @@ def test_panel_dot_is_the_product_for_every_block_and_panel_remainder(panel, m, 
     _close(panel(a, w), a, w)
 
 
-@needs_avx2
 @pytest.mark.parametrize(
     "layout",
     ["transposed", "strided columns", "strided rows of a", "columns of a", "empty", "no k"],
@@ -95,15 +111,15 @@ def test_panel_dot_is_the_product_for_any_layout(panel, layout):
     _close(panel(a, w), a, w)
 
 
-@needs_avx2
-def test_panel_dot_packs_again_when_the_weights_change_in_place():
+@pytest.mark.parametrize("op", KERNELS)
+def test_panel_dot_packs_again_when_the_weights_change_in_place(op):
     """An optimiser updates weights in place: the next call must not reuse the panels
     of the old ones."""
     rng = np.random.default_rng(2)
     wv = rng.standard_normal((8, 20)).astype("float32")
     w = pytensor.shared(wv, name="w")
     a = pt.matrix("a", dtype="float32")
-    f = function([a], PanelDot()(a, w, CallStamp()(w)), "c")
+    f = function([a], op()(a, w, CallStamp()(w)), "c")
     av = rng.standard_normal((4, 8)).astype("float32")
     _close(f(av), av, wv)
     w.get_value(borrow=True)[...] *= -2.0  # same buffer, new values
@@ -129,3 +145,17 @@ def test_scans_multiply_through_panels_and_compute_the_same(monkeypatch):
     w = (0.3 * rng.standard_normal((20, 20))).astype("float32")
     for got, want in zip(panels(x, w), plain(x, w), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif("avx512f" not in blaskernels.cpu_flags(), reason="needs AVX-512 F")
+def test_both_kernels_sum_in_the_same_order():
+    """The AVX-512 kernel adds the same products in the same order as the AVX2 one:
+    the same floats, bit for bit, whichever CPU a checkpoint moves to."""
+    a, w = pt.matrix("a", dtype="float32"), pt.matrix("w", dtype="float32")
+    avx2, avx512 = (
+        function([a, w], op()(a, w, CallStamp()(w)), "c") for op in (PanelDot, PanelDot512)
+    )
+    rng = np.random.default_rng(4)
+    av = rng.standard_normal((31, 300)).astype("float32")  # blocks of 8, 4, 2 and 1 rows
+    wv = rng.standard_normal((300, 40)).astype("float32")  # a panel of 8 columns last
+    np.testing.assert_array_equal(avx2(av, wv), avx512(av, wv))

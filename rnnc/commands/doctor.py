@@ -153,7 +153,8 @@ def _loop_products() -> tuple[str, str, str | None]:
     if mklpacked.in_use():
         return ("C loop products", "MKL's packed GEMM, weights packed once per call", None)
     if packedgemm.in_use():
-        return ("C loop products", "rnnc's AVX2 kernel, weights packed once per call", None)
+        kernel = "AVX-512" if packedgemm.panel_op() is packedgemm.PanelDot512 else "AVX2"
+        return ("C loop products", f"rnnc's {kernel} kernel, weights packed once per call", None)
     if blas.linked_mkl():
         why = "RNNC_MKL_PACKED=0 or MKL_INTERFACE_LAYER=ILP64"
     elif switched_off("RNNC_PANEL_GEMM"):
