@@ -549,7 +549,8 @@ def test_doctor_says_whether_mkl_is_linked_and_loops_multiply_by_packed_weights(
     ("mkl", "panel", "mkl_linked", "env", "want"),
     [
         (True, False, True, None, "MKL's packed GEMM"),
-        (False, True, False, None, "rnnc's AVX2 kernel"),
+        (False, "PanelDot", False, None, "rnnc's AVX2 kernel"),
+        (False, "PanelDot512", False, None, "rnnc's AVX-512 kernel"),
         (False, False, True, None, "RNNC_MKL_PACKED=0"),
         (False, False, False, "0", "(RNNC_PANEL_GEMM=0)"),
         (False, False, False, None, "no AVX2 and FMA"),
@@ -560,7 +561,9 @@ def test_doctor_says_how_the_c_loops_multiply(monkeypatch, mkl, panel, mkl_linke
     from rnnc.commands import doctor
 
     monkeypatch.setattr(mklpacked, "in_use", lambda: mkl)
-    monkeypatch.setattr(packedgemm, "in_use", lambda: panel)
+    monkeypatch.setattr(packedgemm, "in_use", lambda: bool(panel))
+    if panel:
+        monkeypatch.setattr(packedgemm, "panel_op", lambda: getattr(packedgemm, panel))
     monkeypatch.setattr(blas, "linked_mkl", lambda: mkl_linked)
     if env is None:
         monkeypatch.delenv("RNNC_PANEL_GEMM", raising=False)
