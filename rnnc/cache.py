@@ -46,6 +46,7 @@ from rnnc import (
     interpreted,
     jaxlink,
     jaxsetup,
+    loopinputs,
     march,
     mklpacked,
     packedgemm,
@@ -129,6 +130,7 @@ def configure_c() -> None:
     colsum.register()
     rowreduce.register()
     cscan.register()
+    loopinputs.register()
     mklpacked.register()  # and rnnc.packedgemm's rewrite
     flags = pytensor.config.gcc__cxxflags
     if not any(f.startswith("-g") for f in flags.split()):
@@ -260,6 +262,7 @@ def _versions() -> dict[str, str]:
         "vector loops": simd.in_use(),  # RNNC_SIMD=0 compiles other C code
         "mkl packed": mklpacked.in_use(),  # RNNC_MKL_PACKED=0 too
         "panel gemm": packedgemm.in_use(),  # RNNC_PANEL_GEMM=0 too
+        "loop inputs": loopinputs.in_use(),  # RNNC_LOOP_INPUTS=0 too
         "interpreted": interpreted.in_use(),  # and RNNC_INTERPRETED=0
     }
 

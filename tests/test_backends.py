@@ -573,6 +573,18 @@ def test_doctor_says_how_the_c_loops_multiply(monkeypatch, mkl, panel, mkl_linke
     assert what == "C loop products" and want in finding
 
 
+def test_doctor_says_whether_input_products_are_made_in_the_loops(monkeypatch):
+    from rnnc import mklpacked, packedgemm
+    from rnnc.commands import doctor
+
+    monkeypatch.setattr(mklpacked, "in_use", lambda: False)
+    monkeypatch.setattr(packedgemm, "in_use", lambda: True)
+    monkeypatch.delenv("RNNC_LOOP_INPUTS", raising=False)
+    assert "input products step by step in the loops" in doctor._loop_products()[1]
+    monkeypatch.setenv("RNNC_LOOP_INPUTS", "0")
+    assert "input products" not in doctor._loop_products()[1]
+
+
 def _composites(fgraph) -> list:
     """The scalar graphs of the ``Composite`` operations of a compiled graph and of
     its loops."""

@@ -146,15 +146,18 @@ def _vector_loops() -> tuple[str, str, str | None]:
 def _loop_products() -> tuple[str, str, str | None]:
     """How the C backend's loops multiply by their weights: packed once per call by
     MKL (:mod:`rnnc.mklpacked`) or by rnnc's own kernel (:mod:`rnnc.packedgemm`), or
-    by the BLAS at every step."""
-    from rnnc import mklpacked, packedgemm
+    by the BLAS at every step; with rnnc's kernel, whether the input products are made
+    in the loops too (:mod:`rnnc.loopinputs`)."""
+    from rnnc import loopinputs, mklpacked, packedgemm
     from rnnc.env import switched_off
 
     if mklpacked.in_use():
         return ("C loop products", "MKL's packed GEMM, weights packed once per call", None)
     if packedgemm.in_use():
         kernel = "AVX-512" if packedgemm.panel_op() is packedgemm.PanelDot512 else "AVX2"
-        return ("C loop products", f"rnnc's {kernel} kernel, weights packed once per call", None)
+        inputs = "; input products step by step in the loops" if loopinputs.in_use() else ""
+        finding = f"rnnc's {kernel} kernel, weights packed once per call{inputs}"
+        return ("C loop products", finding, None)
     if blas.linked_mkl():
         why = "RNNC_MKL_PACKED=0 or MKL_INTERFACE_LAYER=ILP64"
     elif switched_off("RNNC_PANEL_GEMM"):
