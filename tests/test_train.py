@@ -17,7 +17,15 @@ from conftest import FAST, TINY, make_text, quiet
 
 from rnnc.commands import sample as sample_cmd
 from rnnc.commands import train as train_cmd
-from rnnc.errors import CheckpointError, OptionError, RnncError, TrainingDivergedError
+from rnnc.errors import (
+    CheckpointError,
+    InputDtypeError,
+    InputShapeError,
+    InputValueError,
+    OptionError,
+    RnncError,
+    TrainingDivergedError,
+)
 from rnnc.train import (
     CharData,
     TrainConfig,
@@ -191,6 +199,24 @@ def test_sampling_is_seeded_and_honours_top_k_and_prime(sampler):
     assert set(sample(compiled, vocab, 50, seed=1)) <= set(vocab.chars)
     with pytest.raises(OptionError, match="not in the vocabulary"):
         sample(compiled, vocab, 5, prime="XYZ")
+
+
+def test_token_arrays_are_checked_before_the_compiled_functions(sampler):
+    model, compiled, _, _ = sampler
+    state = model.zero_state(1)
+    logits, _ = compiled.step(np.array([1], np.int64), state)  # NumPy's default ints
+    assert logits.shape == (1, model.vocab_size)
+    with pytest.raises(InputDtypeError, match="integer token ids"):
+        compiled.step(np.array([1.0]), state)
+    with pytest.raises(InputValueError, match="outside the vocabulary"):
+        compiled.step(np.array([model.vocab_size]), state)
+    with pytest.raises(InputShapeError, match=r"the axes \[batch\]"):
+        compiled.step(np.array([[1]]), state)
+    x = np.zeros((2, 3), np.int64)
+    with pytest.raises(InputShapeError, match="must be the same"):
+        compiled.evaluate(x, x[:, :2], state)
+    with pytest.raises(InputValueError, match="token id -1"):
+        compiled.train(x - 1, x, state)
 
 
 def test_load_sampler_rebuilds_the_trained_model(runs, sampler):

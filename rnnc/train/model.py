@@ -24,7 +24,13 @@ from pytensor.compile import SharedVariable
 
 from rnnc import cache, ir
 from rnnc.compile import default_backend, function, load_cell, parse
-from rnnc.errors import CheckpointError, OptionError
+from rnnc.errors import (
+    CheckpointError,
+    InputDtypeError,
+    InputShapeError,
+    InputValueError,
+    OptionError,
+)
 from rnnc.layers import Recurrent
 from rnnc.nn import Dense, Embedding, one_hot, sequence_cross_entropy
 from rnnc.train.optim import Optimizer
@@ -410,8 +416,40 @@ class CompiledModel:
             for i in range(0, len(values), k)
         ]
 
+    def _tokens(self, what: str, values: Any, axes: str) -> np.ndarray:
+        """``values`` as the int32 token ids the functions take, checked first: integers
+        in ``[0, vocab)`` with the axes ``axes`` (``"[batch, time]"`` or ``"[batch]"``)."""
+        array = np.asarray(values)
+        if array.dtype.kind not in "iu":
+            raise InputDtypeError(
+                f"{what} has dtype {array.dtype}; expected integer token ids",
+                fix=f"pass the ids of the vocabulary's characters, e.g. {what}.astype('int32')",
+            )
+        if array.ndim != axes.count(",") + 1:
+            raise InputShapeError(
+                f"{what} must have the axes {axes}, but it has shape {list(array.shape)}",
+            )
+        vocab = self.model.vocab_size
+        if array.size and (array.min() < 0 or array.max() >= vocab):
+            bad = int(array.min()) if array.min() < 0 else int(array.max())
+            raise InputValueError(
+                f"{what} holds the token id {bad}, outside the vocabulary's 0..{vocab - 1}",
+                fix="encode the text with the vocabulary this model was built for",
+            )
+        return array.astype(np.int32, copy=False)
+
+    def _batch(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self._tokens("x", x, "[batch, time]"), self._tokens("y", y, "[batch, time]")
+        if x.shape != y.shape:
+            raise InputShapeError(
+                f"x has shape {list(x.shape)} and y {list(y.shape)}; they must be the same",
+                fix="y is x shifted by one step: the next token at every position",
+            )
+        return x, y
+
     def train(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, float, State]:
         """One optimiser step on a batch; returns loss, gradient norm, final state."""
+        x, y = self._batch(x, y)
         drop = self.model.dropout
         masks = drop.draw(x.shape, self.model.dropout_sizes) if drop.p else []
         loss, norm, *rest = self.train_fn(x, y, *self._flat(state), *masks)
@@ -419,10 +457,11 @@ class CompiledModel:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, state: State) -> tuple[float, State]:
         """The mean loss on a batch (no dropout, no update) and the final state."""
-        loss, *rest = self.eval_fn(x, y, *self._flat(state))
+        loss, *rest = self.eval_fn(*self._batch(x, y), *self._flat(state))
         return float(loss), self._unflat(rest)
 
     def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Logits ``[batch, vocab]`` of the next token after ``tokens`` ``[batch]``."""
-        logits, *rest = self.step_fn(np.asarray(tokens, np.int32), *self._flat(state))
+        tokens = self._tokens("tokens", tokens, "[batch]")
+        logits, *rest = self.step_fn(tokens, *self._flat(state))
         return logits, self._unflat(rest)
