@@ -19,8 +19,12 @@ written before the loop. Two rewrites, for the C backend after PyTensor's own:
 
 where ``X`` is ``[T, B, I]`` (or ``[B, T, I]`` transposed, the hoisted values
 computed batch-major), the product is float32 and used by nothing else, and the
-reshapes provably split its rows into ``(T, B)``: ``W``'s static width is the
-sequence's, and the steps and batch are read from ``X``'s shape.
+reshapes provably split its rows into ``(T, B)``: the rows' static width is the
+sequence's, and the steps and batch are read from ``X``'s shape. Between the product
+and the reshape there may be blocks of columns (``Split``) and elementwise work with
+rows repeated for every row (biases): the GRU's gates, each with its biases, cut
+from one product. The step then makes the product once, cuts it and adds the
+biases as before the loop; every block must feed one of the sequences.
 
 :func:`local_output_products_in_loop`::
 
@@ -54,11 +58,13 @@ from pytensor.graph.replace import graph_replace
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.graph.traversal import ancestors
 from pytensor.scan.op import Scan
-from pytensor.tensor.basic import MakeVector, ScalarFromTensor
+from pytensor.scan.rewriting.io import scan_remove_unused
+from pytensor.tensor.basic import MakeVector, ScalarFromTensor, Split
 from pytensor.tensor.blas import Dot22
-from pytensor.tensor.elemwise import DimShuffle
+from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape, Shape_i, SpecifyShape, specify_shape
+from pytensor.tensor.subtensor import Subtensor, get_idx_list
 
 from rnnc.cscan import rebuilt_scan
 from rnnc.env import switched_off
@@ -114,16 +120,68 @@ def _time_major(var: Any) -> Any:
     return None
 
 
-def _hoisted_product(fgraph: Any, seq: Any) -> tuple[Any, Any] | None:
-    """``(X, W)`` where the scan's sequence ``seq`` is the rows of ``X`` times ``W``
-    reshaped into steps (see the module), else None."""
+@dataclasses.dataclass
+class _Hoisted:
+    """A scan's sequence that is ``X``'s rows times ``W``, reshaped into steps: the
+    step's value is ``rows`` (a function of the product's rows, ``[T*B, N]``) at the
+    step's rows, and ``x`` the ``[T, B, I]`` sequence to read instead."""
+
+    x: Any
+    w: Any
+    product: Apply
+    rows: Any
+    invariants: list[Any]
+    path: list[Any]  # the values from ``rows`` down to the product's blocks
+
+
+def _rowwise(fgraph: Any, var: Any) -> tuple[Apply, list[Any], list[Any]] | None:
+    """The product ``var`` is computed from, through blocks of columns (``Split``
+    along the last axis) and elementwise work with rows repeated for every row (a
+    bias), each value used once: ``(product node, the repeated rows, the values on
+    the way)``; else None."""
+    invariants, path = [], []
+    while True:
+        path.append(var)
+        node = var.owner
+        if node is None:
+            return None
+        if isinstance(node.op, Dot22 | Dot):
+            return node, invariants, path
+        if isinstance(node.op, Split):
+            axis = node.inputs[1]
+            if not isinstance(axis, Constant) or int(axis.data) not in (1, -1):
+                return None
+            var = node.inputs[0]
+        elif isinstance(node.op, Elemwise) and len(node.outputs) == 1:
+            on_rows = [i for i in node.inputs if i.ndim != 2 or i.type.shape[0] != 1]
+            if len(on_rows) != 1 or on_rows[0].ndim != 2:
+                return None
+            var = on_rows[0]
+            invariants += [i for i in node.inputs if i is not var]
+        else:
+            return None
+        if not _only_use(fgraph, var):
+            return None
+
+
+def _hoisted_product(fgraph: Any, seq: Any) -> _Hoisted | None:
+    """How the scan's sequence ``seq`` is the rows of ``X`` times ``W`` reshaped into
+    steps (see the module), else None."""
     if seq.ndim != 3 or seq.type.shape[2] is None or not _only_use(fgraph, seq):
         return None
     width = seq.type.shape[2]
-    split, transposed = seq, False
-    while True:  # under a specify_shape and a transposition to time-major, any order
+    split, transposed, sliced = seq, False, []
+    while True:  # under specify_shape, the first steps, a transposition to time-major
         owner = split.owner
         if owner is not None and isinstance(owner.op, SpecifyShape):
+            split = owner.inputs[0]
+        elif owner is not None and isinstance(owner.op, Subtensor) and not transposed:
+            index = get_idx_list(owner.inputs, owner.op.idx_list)
+            if len(index) != 1 or not isinstance(index[0], slice) or index[0].start is not None:
+                return None
+            if index[0].step is not None:
+                return None
+            sliced.append(owner)
             split = owner.inputs[0]
         elif not transposed and _time_major(split) is not None:
             split, transposed = _time_major(split), True
@@ -136,29 +194,46 @@ def _hoisted_product(fgraph: Any, seq: Any) -> tuple[Any, Any] | None:
     rows, shape = split.owner.inputs
     if shape.owner is None or not isinstance(shape.owner.op, MakeVector):
         return None
-    product = rows.owner
-    if product is None or not isinstance(product.op, Dot22 | Dot) or not _only_use(fgraph, rows):
+    if rows.ndim != 2 or rows.type.shape[1] != width or not _only_use(fgraph, rows):
         return None
+    found = _rowwise(fgraph, rows)
+    if found is None:
+        return None
+    product, invariants, path = found
     flat, w = product.inputs
     if flat.owner is None or not isinstance(flat.owner.op, Reshape) or flat.ndim != 2:
         return None
     x = flat.owner.inputs[0]
-    if x.ndim != 3 or w.ndim != 2 or w.type.shape[1] != width:
+    if x.ndim != 3 or w.ndim != 2 or x.dtype != "float32" or w.dtype != "float32":
         return None
-    if x.dtype != "float32" or w.dtype != "float32":
-        return None
-    # [T, B, -1] from [T*B, N] rows with N the sequence's width: the product's rows
-    # are T*B, so the flattening reshape merged X's first two axes
+    # [T, B, -1] from [r, width] rows with width the sequence's: r is T*B, so the
+    # product's rows are X's first two axes merged
     lead = [_size(s) for s in shape.owner.inputs[:2]]
     if None in lead or lead != [_dim(x, 0), _dim(x, 1)]:
         return None
-    return (x.dimshuffle(1, 0, 2) if transposed else x), w
+    x = x.dimshuffle(1, 0, 2) if transposed else x
+    for owner in reversed(sliced):  # the same first steps of X
+        x = owner.op.make_node(x, *owner.inputs[1:]).outputs[0]
+    return _Hoisted(x, w, product, rows, invariants, path)
+
+
+def _whole(found: dict[int, Any], slots: list[int]) -> bool:
+    """Whether the sequences ``slots`` cut from one product take all of it: every
+    block of a ``Split`` on their way is on the way of one of them (else the product
+    would be made before the loop for the others all the same)."""
+    on_the_way = {var for k in slots for var in found[k].path}
+    return all(
+        out in on_the_way
+        for var in on_the_way
+        if var.owner is not None and isinstance(var.owner.op, Split)
+        for out in var.owner.outputs
+    )
 
 
 @node_rewriter([Scan])
 def local_input_products_in_loop(fgraph: Any, node: Apply) -> Any:
     """Compute each hoisted input product of a scan's sequences in its step (see the
-    module)."""
+    module); sequences cut from one product share its product in the step."""
     if not in_use():
         return None
     op = node.op
@@ -167,27 +242,41 @@ def local_input_products_in_loop(fgraph: Any, node: Apply) -> Any:
     outer_seqs = op.outer_seqs(node.inputs)
     inner_seqs = op.inner_seqs(op.inner_inputs)
     found = {k: _hoisted_product(fgraph, s) for k, s in enumerate(outer_seqs)}
-    found = {k: v for k, v in found.items() if v is not None}
-    if not found:
+    groups: dict[Apply, list[int]] = {}
+    for k, h in found.items():
+        if h is not None:
+            groups.setdefault(h.product, []).append(k)
+    groups = {p: slots for p, slots in groups.items() if _whole(found, slots)}
+    if not groups:
         return None
     outer = list(node.inputs)
-    stand_ins, replaced, weights = {}, {}, []
-    for k, (x, w) in found.items():
-        x_t = pt.tensor(dtype=x.dtype, shape=x.type.shape[1:], name="x_t")
-        w_in = w.type()
-        product = pt.dot(x_t, w_in)
-        old = inner_seqs[k]
-        if product.type != old.type:
-            product = specify_shape(product, old.type.shape)
-        stand_ins[old] = x_t
-        replaced[old] = product
-        weights.append(w_in)
-        outer[1 + k] = x
+    stand_ins, replaced, extra, extra_outer = {}, {}, [], []
+    for product, slots in groups.items():
+        first = found[slots[0]]
+        x_t = pt.tensor(dtype=first.x.dtype, shape=first.x.type.shape[1:], name="x_t")
+        w_in = first.w.type()
+        step = {product.outputs[0]: pt.dot(x_t, w_in)}
+        for k in slots:
+            for inv in found[k].invariants:
+                if inv not in step:
+                    step[inv] = inv.type()
+                    extra.append(step[inv])
+                    extra_outer.append(inv)
+        values = graph_replace([found[k].rows for k in slots], step, strict=False)
+        for k, value in zip(slots, values, strict=True):
+            old = inner_seqs[k]
+            if value.type != old.type:
+                value = specify_shape(value, old.type.shape)
+            stand_ins[old] = x_t if k == slots[0] else old.type()  # the others unused
+            replaced[old] = value
+            outer[1 + k] = found[k].x
+        extra.append(w_in)
+        extra_outer.append(first.w)
     outputs = graph_replace(list(op.inner_outputs), replaced, strict=False)
-    inputs = [stand_ins.get(var, var) for var in op.inner_inputs] + weights
-    info = dataclasses.replace(op.info, n_non_seqs=op.info.n_non_seqs + len(weights))
+    inputs = [stand_ins.get(var, var) for var in op.inner_inputs] + extra
+    info = dataclasses.replace(op.info, n_non_seqs=op.info.n_non_seqs + len(extra))
     new_op = rebuilt_scan(op, inputs, outputs, info)
-    return new_op(*outer, *(w for _, w in found.values()), return_list=True)
+    return new_op(*outer, *extra_outer, return_list=True)
 
 
 def _rows_of(fgraph: Any, out: Any) -> list[tuple[Apply, Any]]:
@@ -291,5 +380,12 @@ def register() -> None:
         "fast_run",
         "cxx_only",
         position=49.32,
+    )
+    optdb.register(
+        "rnnc_input_products_in_loop_cleanup",
+        dfs_rewriter(scan_remove_unused),  # the sequences a shared product left unused
+        "fast_run",
+        "cxx_only",
+        position=49.33,
     )
     _registered = True

@@ -133,3 +133,67 @@ def test_a_product_by_a_matrix_the_loop_makes_stays_after_it(monkeypatch):
         hs_.append(h)
     want = (2 * np.stack(hs_)).reshape(T * B, H) @ (h.T @ h)
     np.testing.assert_allclose(f(xv, wv, uv), want, rtol=1e-4, atol=1e-5)
+
+
+def _gates(x, w, extra=None):
+    """Two gates' sequences cut from one product, each with a bias of its own added
+    (the GRU's form), the first steps taken as the layers do: ``[p, q]``."""
+    rows = pt.dot(x.reshape((x.shape[0] * x.shape[1], -1)), w)
+    first, second = pt.split(rows, [H, H], n_splits=2, axis=1)
+    b1, b2 = (pt.constant(np.full((1, H), v, "float32")) for v in (0.1, -0.2))
+    first = first + (b1 if extra is None else extra)
+    steps = [
+        pt.specify_shape(g.reshape((x.shape[0], x.shape[1], -1)), (None, None, H))[: x.shape[0]]
+        for g in (first, second + b2)
+    ]
+    return steps
+
+
+def _gated(steps_of, monkeypatch, with_rewrite):
+    if not with_rewrite:
+        monkeypatch.setenv("RNNC_LOOP_INPUTS", "0")
+    x = pt.tensor3("x", dtype="float32")
+    w = pt.matrix("w", dtype="float32", shape=(N_IN, 2 * H))
+    u = pt.matrix("u", dtype="float32", shape=(H, H))
+    h0 = pt.zeros((x.shape[1], H), dtype="float32")
+    hs = pytensor.scan(
+        lambda p, q, h, u: pt.tanh(p + pt.dot(h, u)) * pt.sigmoid(q),
+        sequences=steps_of(x, w),
+        outputs_info=[h0],
+        non_sequences=[u],
+        return_updates=False,
+    )
+    # forward only: PyTensor's backward loop of this scan (no values saved, as rnnc's
+    # are) reads the gates' sequences again, and a product used twice stays outside
+    f = function([x, w, u], hs, "c")
+    monkeypatch.delenv("RNNC_LOOP_INPUTS", raising=False)
+    return f
+
+
+def _gated_values():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, B, N_IN)).astype("float32")
+    w = (0.5 * rng.standard_normal((N_IN, 2 * H))).astype("float32")
+    u = (0.3 * rng.standard_normal((H, H))).astype("float32")
+    return x, w, u
+
+
+def test_gates_cut_from_one_product_share_it_in_the_loop(monkeypatch):
+    moved, kept = (_gated(_gates, monkeypatch, on) for on in (True, False))
+    # one product x_t @ W in the loop for both gates, not one per gate
+    assert (ops_in_loops(kept, PanelDot), ops_in_loops(moved, PanelDot)) == (1, 2)
+    assert Dot22 in op_types(kept) and Dot22 not in op_types(moved)
+    values = _gated_values()
+    np.testing.assert_allclose(moved(*values), kept(*values), rtol=1e-5, atol=1e-6)
+
+
+def test_work_on_the_rows_with_other_rows_stays_before_the_loop(monkeypatch):
+    def with_rows(x, w):  # the first gate plus x's own rows: not the same at every step
+        rows_x = x.reshape((x.shape[0] * x.shape[1], -1))
+        extra = pt.concatenate([rows_x, rows_x[:, : H - N_IN]], axis=1)
+        return _gates(x, w, extra)
+
+    moved, kept = (_gated(with_rows, monkeypatch, on) for on in (True, False))
+    assert ops_in_loops(moved, PanelDot) == ops_in_loops(kept, PanelDot) == 1
+    values = _gated_values()
+    np.testing.assert_allclose(moved(*values), kept(*values), rtol=1e-5, atol=1e-6)
