@@ -267,7 +267,8 @@ def local_input_products_in_loop(fgraph: Any, node: Apply) -> Any:
             old = inner_seqs[k]
             if value.type != old.type:
                 value = specify_shape(value, old.type.shape)
-            stand_ins[old] = x_t if k == slots[0] else old.type()  # the others unused
+            # the group's other sequences read X too, unused (scan_remove_unused drops them)
+            stand_ins[old] = x_t if k == slots[0] else x_t.type()
             replaced[old] = value
             outer[1 + k] = found[k].x
         extra.append(w_in)
