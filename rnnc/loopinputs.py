@@ -176,10 +176,10 @@ def _hoisted_product(fgraph: Any, seq: Any) -> _Hoisted | None:
         if owner is not None and isinstance(owner.op, SpecifyShape):
             split = owner.inputs[0]
         elif owner is not None and isinstance(owner.op, Subtensor) and not transposed:
-            index = get_idx_list(owner.inputs, owner.op.idx_list)
-            if len(index) != 1 or not isinstance(index[0], slice) or index[0].start is not None:
+            index = get_idx_list(owner.inputs, owner.op.idx_list)  # only [:stop]
+            if len(index) != 1 or not isinstance(index[0], slice):
                 return None
-            if index[0].step is not None:
+            if index[0].start is not None or index[0].step is not None:
                 return None
             sliced.append(owner)
             split = owner.inputs[0]

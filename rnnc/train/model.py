@@ -430,8 +430,9 @@ class CompiledModel:
                 f"{what} must have the axes {axes}, but it has shape {list(array.shape)}",
             )
         vocab = self.model.vocab_size
-        if array.size and (array.min() < 0 or array.max() >= vocab):
-            bad = int(array.min()) if array.min() < 0 else int(array.max())
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
             raise InputValueError(
                 f"{what} holds the token id {bad}, outside the vocabulary's 0..{vocab - 1}",
                 fix="encode the text with the vocabulary this model was built for",
