@@ -52,6 +52,7 @@ from rnnc import (
     packedgemm,
     pch,
     rowreduce,
+    sharedproducts,
     simd,
 )
 from rnnc.cbuild import parallel_modules
@@ -131,6 +132,7 @@ def configure_c() -> None:
     rowreduce.register()
     cscan.register()
     loopinputs.register()
+    sharedproducts.register()
     mklpacked.register()  # and rnnc.packedgemm's rewrite
     flags = pytensor.config.gcc__cxxflags
     if not any(f.startswith("-g") for f in flags.split()):
@@ -263,6 +265,7 @@ def _versions() -> dict[str, str]:
         "mkl packed": mklpacked.in_use(),  # RNNC_MKL_PACKED=0 too
         "panel gemm": packedgemm.in_use(),  # RNNC_PANEL_GEMM=0 too
         "loop inputs": loopinputs.in_use(),  # RNNC_LOOP_INPUTS=0 too
+        "shared products": sharedproducts.in_use(),  # RNNC_SHARED_PRODUCTS=0
         "interpreted": interpreted.in_use(),  # and RNNC_INTERPRETED=0
     }
 
