@@ -298,14 +298,10 @@ def _rows_of(fgraph: Any, out: Any) -> list[tuple[Apply, Any]]:
             continue
         flat = client.outputs[0]
         for user, i in fgraph.clients[flat]:
+            if i != 0 or not isinstance(user.op, Dot22 | Dot):  # a sum of rows, say
+                continue
             w = user.inputs[1]
-            if (
-                i == 0
-                and isinstance(user.op, Dot22 | Dot)
-                and w.ndim == 2
-                and w.dtype == "float32"
-                and w.type.shape[0] == width
-            ):
+            if w.ndim == 2 and w.dtype == "float32" and w.type.shape[0] == width:
                 found.append((user, w))
     return found
 

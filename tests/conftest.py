@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -97,3 +98,33 @@ def load_reference(name: str) -> dict[str, np.ndarray]:
 @pytest.fixture
 def reference():
     return load_reference
+
+
+class _RewriteFailures(logging.Handler):
+    """The tracebacks PyTensor logs when a graph rewrite raises (it then skips the
+    rewrite and goes on) that pass through rnnc's source."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.tracebacks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if f"{os.sep}rnnc{os.sep}" in text and "Traceback" in text:
+            self.tracebacks.append(text)
+
+
+@pytest.fixture(autouse=True)
+def _no_failing_rnnc_rewrites():
+    """Fail a test in which one of rnnc's rewrites raised: they must decline a graph
+    they do not match, not leave PyTensor to skip them with a traceback on stderr.
+    (PyTensor's own rewrites are left alone: its constant folding fails on some of
+    rnnc's integer graphs and is skipped harmlessly.)"""
+    handler = _RewriteFailures()
+    logger = logging.getLogger("pytensor.graph.rewriting.basic")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.tracebacks, "an rnnc rewrite raised:\n" + handler.tracebacks[0]

@@ -137,6 +137,26 @@ def test_a_product_by_a_matrix_the_loop_makes_stays_after_it(monkeypatch):
     np.testing.assert_allclose(f(xv, wv, uv), want, rtol=1e-4, atol=1e-5)
 
 
+
+def test_rows_of_an_output_read_by_a_product_and_a_sum(monkeypatch):
+    """The rows of the per-step output feed a product (moved into the loop) and a sum
+    over rows (one input: passed over; conftest fails a test whose rewrite raises)."""
+    x = pt.tensor3("x", dtype="float32")
+    w = pt.matrix("w", dtype="float32", shape=(N_IN, H))
+    u = pt.matrix("u", dtype="float32", shape=(H, H))
+    _, ys = _rnn(_time_major(x, w), u)
+    rows = ys.reshape((ys.shape[0] * ys.shape[1], H))
+    f = function([x, w, u], pt.dot(rows, u) + rows.sum(axis=0), "c")
+    assert ops_in_loops(f, PanelDot) == 3  # h @ U, x_t @ W and y_t @ U
+    xv, wv, uv = _values(_time_major)
+    h, ys_ = np.zeros((B, H), "float32"), []
+    for t in range(T):
+        h = np.tanh(xv[t] @ wv + h @ uv)
+        ys_.append(2 * h)
+    want_rows = np.stack(ys_).reshape(T * B, H)
+    want = want_rows @ uv + want_rows.sum(axis=0)
+    np.testing.assert_allclose(f(xv, wv, uv), want, rtol=1e-4, atol=1e-5)
+
 def _gates(x, w, extra=None):
     """Two gates' sequences cut from one product, each with a bias of its own added
     (the GRU's form), the first steps taken as the layers do: ``[p, q]``."""
