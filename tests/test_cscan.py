@@ -15,6 +15,7 @@ from pytensor.compile.mode import Mode
 from pytensor.compile.ops import DeepCopyOp
 from pytensor.graph.fg import FunctionGraph
 from pytensor.scan.op import Scan
+from pytensor.tensor.blas import Gemm
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.extra_ops import CpuContiguous
 from pytensor.tensor.math import Dot
@@ -380,6 +381,52 @@ def test_each_state_starts_in_a_buffer_of_its_own(lstm_gradient):
     (the values: the test above)."""
     rewritten, plain = lstm_gradient
     assert (_copied_buffers(rewritten), _copied_buffers(plain)) == (0, 1)
+
+
+#: A minimal gated unit: its weight gradients ``h.T @ g_f`` and ``(f * h).T @ g_n``
+#: stay sums in the backward loop (``f * h`` is made in the step), two untraced
+#: states of one shape that start from the same zeros.
+MGU = """
+cell mgu(x: [I]) -> (y: [H]):
+    state h: [H] = 0
+    f = sigmoid(x @ W_xf + h @ W_hf)
+    n = tanh(x @ W_xn + (f * h) @ W_hn)
+    h' = (1 - f) * h + f * n
+    y = h'
+"""
+
+
+def test_sums_in_the_loop_start_in_buffers_of_their_own(monkeypatch):
+    """PyTensor gives a scan's untraced states that start from views of one buffer
+    none to update in place (it would be written twice), so each step's product
+    copied its sum first; rnnc allocates one buffer each and the products add in
+    place."""
+    layer = rnnc.Recurrent(rnnc.parse(MGU)["mgu"], I=3, H=4, dtype="float64", backend="c", seed=0)
+    x = pt.tensor3("x", dtype="float64")
+    y = layer(x).outputs["y"]
+    grads = pytensor.grad((y**2).sum(), [x, *layer.params.values()])
+
+    def compiled():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("RNNC_CACHE", "0")  # the two differ by a patch, not by a key
+            return function([x], [y, *grads], "c")
+
+    def in_place(fn):  # the backward step's products into its sums: in place or not
+        return [
+            bool(inner.op.destroy_map)
+            for node in _scans(fn)
+            for inner in node.op.fn.maker.fgraph.apply_nodes
+            if isinstance(inner.op, Gemm)
+            and inner.inputs[0] in node.op.inner_untraced_sit_sot(node.op.fn.maker.fgraph.inputs)
+        ]
+
+    own = compiled()
+    monkeypatch.setattr(cscan.local_own_state_buffers, "fn", lambda fgraph, node: None)
+    shared = compiled()
+    assert (in_place(own), in_place(shared)) == ([True, True], [False, False])
+    value = np.random.default_rng(5).standard_normal((2, 5, 3))
+    for got, want in zip(own(value), shared(value), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_a_sum_of_another_shape_stays_in_the_loop():

@@ -137,7 +137,6 @@ def test_a_product_by_a_matrix_the_loop_makes_stays_after_it(monkeypatch):
     np.testing.assert_allclose(f(xv, wv, uv), want, rtol=1e-4, atol=1e-5)
 
 
-
 def test_rows_of_an_output_read_by_a_product_and_a_sum(monkeypatch):
     """The rows of the per-step output feed a product (moved into the loop) and a sum
     over rows (one input: passed over; conftest fails a test whose rewrite raises)."""
@@ -156,6 +155,7 @@ def test_rows_of_an_output_read_by_a_product_and_a_sum(monkeypatch):
     want_rows = np.stack(ys_).reshape(T * B, H)
     want = want_rows @ uv + want_rows.sum(axis=0)
     np.testing.assert_allclose(f(xv, wv, uv), want, rtol=1e-4, atol=1e-5)
+
 
 def _gates(x, w, extra=None):
     """Two gates' sequences cut from one product, each with a bias of its own added
