@@ -20,7 +20,8 @@ written before the loop. Two rewrites, for the C backend after PyTensor's own:
 where ``X`` is ``[T, B, I]`` (or ``[B, T, I]`` transposed, the hoisted values
 computed batch-major), the product is float32 and used by nothing else, and the
 reshapes provably split its rows into ``(T, B)``: the rows' static width is the
-sequence's, and the steps and batch are read from ``X``'s shape. Between the product
+sequence's, and the steps and batch are read from ``X``'s shape (or are constants,
+where a training batch's shape is static). Between the product
 and the reshape there may be blocks of columns (``Split``) and elementwise work with
 rows repeated for every row (biases): the GRU's gates, each with its biases, cut
 from one product. The step then makes the product once, cuts it and adds the
@@ -108,6 +109,16 @@ def _size(scalar: Any) -> Any:
     return None
 
 
+def _sizes(shape: Any) -> list[Any] | None:
+    """The entries of a reshape's shape as :func:`_size` gives them: a vector made of
+    scalars (shapes read at run time) or a constant one (static shapes); else None."""
+    if isinstance(shape, Constant):
+        return [int(v) for v in shape.data]
+    if shape.owner is not None and isinstance(shape.owner.op, MakeVector):
+        return [_size(s) for s in shape.owner.inputs]
+    return None
+
+
 def _only_use(fgraph: Any, var: Any) -> bool:
     return len(fgraph.clients[var]) == 1
 
@@ -192,7 +203,8 @@ def _hoisted_product(fgraph: Any, seq: Any) -> _Hoisted | None:
     if split.owner is None or not isinstance(split.owner.op, Reshape) or split.ndim != 3:
         return None
     rows, shape = split.owner.inputs
-    if shape.owner is None or not isinstance(shape.owner.op, MakeVector):
+    sizes = _sizes(shape)
+    if sizes is None:
         return None
     if rows.ndim != 2 or rows.type.shape[1] != width or not _only_use(fgraph, rows):
         return None
@@ -208,7 +220,7 @@ def _hoisted_product(fgraph: Any, seq: Any) -> _Hoisted | None:
         return None
     # [T, B, -1] from [r, width] rows with width the sequence's: r is T*B, so the
     # product's rows are X's first two axes merged
-    lead = [_size(s) for s in shape.owner.inputs[:2]]
+    lead = sizes[:2]
     if None in lead or lead != [_dim(x, 0), _dim(x, 1)]:
         return None
     x = x.dimshuffle(1, 0, 2) if transposed else x
@@ -228,6 +240,26 @@ def _whole(found: dict[int, Any], slots: list[int]) -> bool:
         if var.owner is not None and isinstance(var.owner.op, Split)
         for out in var.owner.outputs
     )
+
+
+def _rebuilt(outputs: list[Any], replace: dict[Any, Any], path: set[Any]) -> list[Any]:
+    """``outputs`` computed again with the values ``replace`` maps, through the nodes
+    of the values in ``path``, each output's type found again: a step's ``[B, N]``
+    product in place of the ``[T*B, N]`` one, whose static shapes differ where the
+    batch's are static (a training step's)."""
+    memo = dict(replace)
+
+    def rebuilt(var: Any) -> Any:
+        if var not in memo:
+            node = var.owner
+            if var not in path or node is None:
+                memo[var] = var
+            else:
+                inputs = [rebuilt(i) for i in node.inputs]
+                memo[var] = node.op.make_node(*inputs).outputs[node.outputs.index(var)]
+        return memo[var]
+
+    return [rebuilt(var) for var in outputs]
 
 
 @node_rewriter([Scan])
@@ -262,7 +294,8 @@ def local_input_products_in_loop(fgraph: Any, node: Apply) -> Any:
                     step[inv] = inv.type()
                     extra.append(step[inv])
                     extra_outer.append(inv)
-        values = graph_replace([found[k].rows for k in slots], step, strict=False)
+        on_the_way = {var for k in slots for var in found[k].path}
+        values = _rebuilt([found[k].rows for k in slots], step, on_the_way)
         for k, value in zip(slots, values, strict=True):
             old = inner_seqs[k]
             if value.type != old.type:
@@ -291,10 +324,8 @@ def _rows_of(fgraph: Any, out: Any) -> list[tuple[Apply, Any]]:
     for client, _ in fgraph.clients[out]:
         if not isinstance(client.op, Reshape) or client.outputs[0].ndim != 2:
             continue
-        shape = client.inputs[1]
-        if shape.owner is None or not isinstance(shape.owner.op, MakeVector):
-            continue
-        if _size(shape.owner.inputs[1]) != width:  # so the rows are T*B
+        sizes = _sizes(client.inputs[1])
+        if sizes is None or sizes[1] != width:  # so the rows are T*B
             continue
         flat = client.outputs[0]
         for user, i in fgraph.clients[flat]:

@@ -51,12 +51,12 @@ def _rnn(xw, u):
     return hs, ys
 
 
-def _compiled(build, monkeypatch, with_rewrite, gradient=True):
+def _compiled(build, monkeypatch, with_rewrite, gradient=True, shape=(None, None, None)):
     # the weight gradients stay two products (else rnnc.sharedproducts joins them)
     monkeypatch.setenv("RNNC_SHARED_PRODUCTS", "0")
     if not with_rewrite:
         monkeypatch.setenv("RNNC_LOOP_INPUTS", "0")
-    x = pt.tensor3("x", dtype="float32")
+    x = pt.tensor("x", dtype="float32", shape=shape)
     w = pt.matrix("w", dtype="float32", shape=(N_IN, H))
     u = pt.matrix("u", dtype="float32", shape=(H, H))
     hs, ys = _rnn(build(x, w), u)
@@ -103,6 +103,20 @@ def test_input_and_gradient_products_move_into_the_loops(monkeypatch, layout, mo
     # in the loops: h @ U forward, g @ U.T backward; then x_t @ W (and g_t @ W.T) too
     assert (ops_in_loops(kept, PanelDot), ops_in_loops(moved, PanelDot)) == (2, 2 + moved_out)
     values = _values(layout)
+    for got, want in zip(moved(*values), kept(*values), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_static_shapes_too(monkeypatch):
+    """A training step's batch has a static shape: the reshapes' shapes are constants
+    and the product's rows a static ``T*B``, which the step's product (``B`` rows)
+    replaces."""
+    static = {"shape": (T, B, N_IN), "gradient": True}
+    moved = _compiled(_time_major, monkeypatch, True, **static)
+    kept = _compiled(_time_major, monkeypatch, False, **static)
+    dots = [sum(isinstance(n.op, Dot22) for n in f.maker.fgraph.apply_nodes) for f in (kept, moved)]
+    assert dots == [4, 2]
+    values = _values(_time_major)
     for got, want in zip(moved(*values), kept(*values), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
