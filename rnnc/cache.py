@@ -49,6 +49,7 @@ from rnnc import (
     loopinputs,
     march,
     mklpacked,
+    onehot,
     packedgemm,
     pch,
     rowreduce,
@@ -131,6 +132,7 @@ def configure_c() -> None:
     colsum.register()
     rowreduce.register()
     cscan.register()
+    onehot.register()
     loopinputs.register()
     sharedproducts.register()
     mklpacked.register()  # and rnnc.packedgemm's rewrite
@@ -266,6 +268,7 @@ def _versions() -> dict[str, str]:
         "panel gemm": packedgemm.in_use(),  # RNNC_PANEL_GEMM=0 too
         "loop inputs": loopinputs.in_use(),  # RNNC_LOOP_INPUTS=0 too
         "shared products": sharedproducts.in_use(),  # RNNC_SHARED_PRODUCTS=0
+        "one-hot products": onehot.in_use(),  # RNNC_ONE_HOT=0
         "interpreted": interpreted.in_use(),  # and RNNC_INTERPRETED=0
     }
 
