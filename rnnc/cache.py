@@ -228,6 +228,7 @@ def configure(backend: str) -> None:
         pch.use_precompiled_header()
     elif backend == "jax":
         configure_jax()  # rnnc.jaxsetup.setup() waits for a graph to convert (jaxlink)
+        onehot.register()
         keep_freed_memory()
 
 

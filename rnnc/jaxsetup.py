@@ -60,7 +60,8 @@
   (a bias). The patch casts the result to the declared dtype.
 
 Each applies to the whole process, to PyTensor graphs that are not rnnc's too; none
-changes a result.
+changes a result. :func:`setup` also gives the JAX backend rnnc's own
+:class:`rnnc.onehot.RowSums` (``jax.ops.segment_sum``).
 
 One more is not a patch of PyTensor: **one core** (:func:`one_core_schedule`, run by
 :func:`rnnc.cache.configure_jax` before JAX compiles anything). XLA:CPU orders a
@@ -109,6 +110,9 @@ def setup() -> None:
     patch_dot()
     patch_reversed_scans()
     patch_sum()
+    from rnnc import onehot  # rnnc's own ops in JAX
+
+    onehot.register_jax()
 
 
 #: The XLA flag :func:`one_core_schedule` sets.

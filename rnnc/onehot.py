@@ -1,4 +1,4 @@
-"""Products by one-hot codes as row gathers and scatters (C backend).
+"""Products by one-hot codes as row gathers and scatters (C and JAX backends).
 
 A character model fed one-hot codes (char-rnn's inputs, :func:`rnnc.nn.one_hot`)
 multiplies them by its first layer's input weights: the hoisted ``X @ W_x``, ``X``
@@ -18,8 +18,9 @@ spreads it to every row).
 
 The training step of ``rnnc train`` (two LSTM layers of 128, batches of 50 x 50,
 one core of an AMD EPYC of family 25, model 17, float32) took 0.873 of the time with
-103 characters and 0.936 with 65 (``docs/backends.md``, "One-hot inputs"). For the C
-backend (tag ``cxx_only``); ``RNNC_ONE_HOT=0`` switches it off (part of the key of
+103 characters and 0.936 with 65 (``docs/backends.md``, "One-hot inputs"); on JAX, 0.908 with 103.
+For the C and JAX backends (:class:`RowSums` is ``jax.ops.segment_sum`` there; Numba
+would run it in Python); ``RNNC_ONE_HOT=0`` switches it off (part of the key of
 rnnc's function cache).
 """
 
@@ -43,7 +44,7 @@ from pytensor.tensor.subtensor import Subtensor, advanced_subtensor1, get_idx_li
 from rnnc.env import switched_off
 from rnnc.simd import VectorElemwise
 
-__all__ = ["RowSums", "ids_of", "in_use", "local_one_hot_products", "register"]
+__all__ = ["RowSums", "ids_of", "in_use", "local_one_hot_products", "register", "register_jax"]
 
 _registered = False
 
@@ -193,6 +194,16 @@ def _multiplied(var: Any, depth: int, fgraph: Any) -> bool:
     return False
 
 
+def _leading(shape: Any) -> Any:
+    """A reshape's shape without its last entry, as a constant or a vector of the same
+    scalars where it is one (JAX takes only shapes it can read when it traces)."""
+    if isinstance(shape, Constant):
+        return pt.as_tensor_variable(np.asarray(shape.data)[:-1])
+    if shape.owner is not None and isinstance(shape.owner.op, MakeVector):
+        return shape.owner.op(*shape.owner.inputs[:-1])
+    return shape[:-1]
+
+
 def _rows_whole(node: Any, depth: int, fgraph: Any) -> bool:
     """Whether the reshape ``node`` of codes of ``depth`` makes rows ``depth`` long
     (so each is one code, whole): its output's last size is ``depth``, statically, by
@@ -235,7 +246,7 @@ def ids_of(var: Any, fgraph: Any) -> tuple[Any, int] | None:
     if isinstance(scalar, Cast):
         return ids, depth
     if isinstance(op, Reshape) and _rows_whole(node, depth, fgraph):
-        return ids.reshape(node.inputs[1][:-1], ndim=var.ndim - 1), depth
+        return ids.reshape(_leading(node.inputs[1]), ndim=var.ndim - 1), depth
     if isinstance(op, SpecifyShape):
         return pt.specify_shape(ids, node.inputs[1:-1]), depth
     if isinstance(op, DimShuffle) and op.new_order[-1:] == (source.ndim - 1,):
@@ -283,18 +294,34 @@ def in_use() -> bool:
 
 
 def register() -> None:
-    """Add the rewrite to PyTensor's C rewrites (once), before rnnc's rewrites of the
-    products around the loops (:mod:`rnnc.loopinputs`, :mod:`rnnc.sharedproducts`)."""
+    """Add the rewrite to PyTensor's rewrites for C and for JAX (once), before rnnc's
+    rewrites of the products around the loops (:mod:`rnnc.loopinputs`,
+    :mod:`rnnc.sharedproducts`)."""
     global _registered
     if _registered:
         return
     from pytensor.compile.mode import optdb
 
-    optdb.register(
-        "rnnc_one_hot_products",
-        dfs_rewriter(local_one_hot_products),
-        "fast_run",
-        "cxx_only",
-        position=49.31,
-    )
+    for name, tags in (("", ("fast_run", "cxx_only")), ("_jax", ("jax",))):
+        optdb.register(
+            f"rnnc_one_hot_products{name}",
+            dfs_rewriter(local_one_hot_products),
+            *tags,
+            position=49.31,
+        )
     _registered = True
+
+
+def register_jax() -> None:
+    """Give PyTensor's JAX backend :class:`RowSums`: ``jax.ops.segment_sum``, which
+    drops the ids outside the code (:mod:`rnnc.jaxsetup` calls this before JAX
+    converts a graph)."""
+    import jax
+    from pytensor.link.jax.dispatch import jax_funcify
+
+    @jax_funcify.register(RowSums)
+    def _row_sums(op: RowSums, **kwargs: Any) -> Any:
+        def row_sums(g: Any, ids: Any) -> Any:
+            return jax.ops.segment_sum(g, ids, num_segments=op.depth)
+
+        return row_sums

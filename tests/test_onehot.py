@@ -8,6 +8,7 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from pytensor.tensor.blas import Dot22
+from pytensor.tensor.math import Dot
 from pytensor.tensor.subtensor import AdvancedSubtensor1
 
 from rnnc import onehot
@@ -29,28 +30,32 @@ def _ops(fn) -> set[type]:
     return {type(n.op) for n in fn.maker.fgraph.apply_nodes}
 
 
-def _compiled(monkeypatch, rewritten):
+def _compiled(monkeypatch, rewritten, backend="c"):
     """Codes of ``[B, T]`` ids, made time-major and reshaped into rows (as a layer's
     hoisted input product does), times ``W``, and the gradient of ``W``."""
     if not rewritten:
         monkeypatch.setenv("RNNC_ONE_HOT", "0")
-    ids = pt.matrix("ids", dtype="int32")
+    ids = pt.matrix("ids", dtype="int32", shape=(3, 4) if backend == "jax" else (None, None))
     w = pt.matrix("w", dtype="float64", shape=(V, N))
     codes = one_hot(ids, V, "float64").dimshuffle(1, 0, 2)
     rows = pt.dot(codes.reshape((-1, V)), w)
     loss = (rows**2 * np.arange(1, N + 1)).sum()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RNNC_CACHE", "0")
-        fn = function([ids, w], [rows, pytensor.grad(loss, w)], "c")
+        fn = function([ids, w], [rows, pytensor.grad(loss, w)], backend)
     monkeypatch.delenv("RNNC_ONE_HOT", raising=False)
     return fn
 
 
-def test_products_by_codes_become_a_gather_and_row_sums(monkeypatch):
-    gathered = _compiled(monkeypatch, True)
-    multiplied = _compiled(monkeypatch, False)
+@pytest.mark.parametrize("backend", ["c", "jax"])
+def test_products_by_codes_become_a_gather_and_row_sums(monkeypatch, backend):
+    if backend == "jax":
+        pytest.importorskip("jax")
+    gathered = _compiled(monkeypatch, True, backend)
+    multiplied = _compiled(monkeypatch, False, backend)
+    product = Dot22 if backend == "c" else Dot
     assert {AdvancedSubtensor1, RowSums} <= _ops(gathered)
-    assert Dot22 not in _ops(gathered) and Dot22 in _ops(multiplied)
+    assert product not in _ops(gathered) and product in _ops(multiplied)
     rng = np.random.default_rng(0)
     w = rng.standard_normal((V, N))
     # ids outside the code (-1, V) are rows of zeros in the product, as in one_hot's
