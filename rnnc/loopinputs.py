@@ -21,10 +21,10 @@ where ``X`` is ``[T, B, I]`` (or ``[B, T, I]`` transposed, the hoisted values
 computed batch-major), the product is float32 and used by nothing else, and the
 reshapes provably split its rows into ``(T, B)``: the rows' static width is the
 sequence's, and the steps and batch are read from ``X``'s shape (or are constants,
-where a training batch's shape is static). Between the product
-and the reshape there may be blocks of columns (``Split``) and elementwise work with
-rows repeated for every row (biases): the GRU's gates, each with its biases, cut
-from one product. The step then makes the product once, cuts it and adds the
+where a training batch's shape is static). Between the product and the reshape
+there may be blocks of columns (``Split``) and elementwise work with rows repeated
+for every row (biases): the GRU's gates, each with its biases, cut from one
+product. The step then makes the product once, cuts it and adds the
 biases as before the loop; every block must feed one of the sequences.
 
 :func:`local_output_products_in_loop`::

@@ -239,21 +239,27 @@ def ids_of(var: Any, fgraph: Any) -> tuple[Any, int] | None:
     scalar = op.scalar_op if isinstance(op, Elemwise | VectorElemwise) else None
     if isinstance(scalar, EQ):
         return _code(node)
-    found = ids_of(source, fgraph) if source.ndim >= 1 else None
+    kept = (  # steps that keep the codes' axis last and whole (reshapes: checked below)
+        isinstance(scalar, Cast)
+        or isinstance(op, Reshape | SpecifyShape)
+        or (isinstance(op, DimShuffle) and op.new_order[-1:] == (source.ndim - 1,))
+        or (isinstance(op, Subtensor) and len(op.idx_list) < source.ndim)
+    )
+    found = ids_of(source, fgraph) if kept and source.ndim >= 1 else None
     if found is None:
         return None
     ids, depth = found
     if isinstance(scalar, Cast):
         return ids, depth
-    if isinstance(op, Reshape) and _rows_whole(node, depth, fgraph):
+    if isinstance(op, Reshape):
+        if not _rows_whole(node, depth, fgraph):
+            return None
         return ids.reshape(_leading(node.inputs[1]), ndim=var.ndim - 1), depth
     if isinstance(op, SpecifyShape):
         return pt.specify_shape(ids, node.inputs[1:-1]), depth
-    if isinstance(op, DimShuffle) and op.new_order[-1:] == (source.ndim - 1,):
+    if isinstance(op, DimShuffle):
         return ids.dimshuffle(*op.new_order[:-1]), depth
-    if isinstance(op, Subtensor) and len(op.idx_list) < source.ndim:
-        return ids[tuple(get_idx_list(node.inputs, op.idx_list))], depth
-    return None
+    return ids[tuple(get_idx_list(node.inputs, op.idx_list))], depth
 
 
 def _transposed(var: Any) -> Any:

@@ -37,7 +37,6 @@ import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
-from pytensor.tensor.basic import MakeVector
 from pytensor.tensor.blas import Dot22
 from pytensor.tensor.elemwise import DimShuffle
 from pytensor.tensor.math import Dot
@@ -45,7 +44,7 @@ from pytensor.tensor.shape import Reshape
 from pytensor.tensor.type import TensorType
 
 from rnnc.env import switched_off
-from rnnc.loopinputs import _dim, _size
+from rnnc.loopinputs import _dim, _sizes
 
 __all__ = ["JoinRows", "in_use", "local_products_sharing_an_operand", "register"]
 
@@ -110,11 +109,10 @@ def _rows_of(matrix: Any) -> Any:
         return matrix
     array, shape = owner.inputs
     width = matrix.type.shape[1]
-    last = array.type.shape[-1]
-    if width is not None and width == last:
+    if width is not None and width == array.type.shape[-1]:
         return array
-    entries = shape.owner.inputs if shape.owner and isinstance(shape.owner.op, MakeVector) else []
-    if len(entries) == 2 and _size(entries[1]) == _dim(array, array.ndim - 1):
+    sizes = _sizes(shape)
+    if sizes is not None and sizes[-1] == _dim(array, array.ndim - 1):
         return array
     return matrix
 
@@ -138,7 +136,7 @@ def _sharing(fgraph: Any, node: Any) -> list[Apply]:
         candidates += [
             client.outputs[0]
             for client, _ in fgraph.clients[key[0]]
-            if not isinstance(client, str)
+            if isinstance(client.op, Reshape)  # not the function's output, say
             and client.outputs[0] is not right
             and _same_matrix(client.outputs[0]) == key
         ]
@@ -148,7 +146,6 @@ def _sharing(fgraph: Any, node: Any) -> list[Apply]:
             if (
                 position == 1
                 and client not in group
-                and not isinstance(client, str)
                 and client.op == node.op
                 and client.inputs[0].ndim == 2
                 and _transposed(client.inputs[0]) is not None
