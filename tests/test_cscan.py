@@ -406,11 +406,6 @@ def test_sums_in_the_loop_start_in_buffers_of_their_own(monkeypatch):
     y = layer(x).outputs["y"]
     grads = pytensor.grad((y**2).sum(), [x, *layer.params.values()])
 
-    def compiled():
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("RNNC_CACHE", "0")  # the two differ by a patch, not by a key
-            return function([x], [y, *grads], "c")
-
     def in_place(fn):  # the backward step's products into its sums: in place or not
         return [
             bool(inner.op.destroy_map)
@@ -420,9 +415,9 @@ def test_sums_in_the_loop_start_in_buffers_of_their_own(monkeypatch):
             and inner.inputs[0] in node.op.inner_untraced_sit_sot(node.op.fn.maker.fgraph.inputs)
         ]
 
-    own = compiled()
+    own = function([x], [y, *grads], "c")
     monkeypatch.setattr(cscan.local_own_state_buffers, "fn", lambda fgraph, node: None)
-    shared = compiled()
+    shared = function([x], [y, *grads], "c")
     assert (in_place(own), in_place(shared)) == ([True, True], [False, False])
     value = np.random.default_rng(5).standard_normal((2, 5, 3))
     for got, want in zip(own(value), shared(value), strict=True):
