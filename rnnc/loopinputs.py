@@ -123,6 +123,14 @@ def _only_use(fgraph: Any, var: Any) -> bool:
     return len(fgraph.clients[var]) == 1
 
 
+def _transposed(var: Any) -> Any:
+    """The matrix ``var`` is the transpose of, else None."""
+    owner = var.owner
+    if owner is not None and isinstance(owner.op, DimShuffle) and owner.op.new_order == (1, 0):
+        return owner.inputs[0]
+    return None
+
+
 def _time_major(var: Any) -> Any:
     """``var`` without a transposition of its first two axes; None if it has none."""
     owner = var.owner

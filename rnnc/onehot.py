@@ -34,14 +34,15 @@ from pytensor.graph.basic import Apply, Constant
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.link.c.op import COp
 from pytensor.scalar.basic import EQ, Cast
-from pytensor.tensor.basic import MakeVector, ScalarFromTensor
+from pytensor.tensor.basic import MakeVector
 from pytensor.tensor.blas import Dot22
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.math import Dot
-from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
+from pytensor.tensor.shape import Reshape, Shape, SpecifyShape
 from pytensor.tensor.subtensor import Subtensor, advanced_subtensor1, get_idx_list
 
 from rnnc.env import switched_off
+from rnnc.loopinputs import _size, _transposed
 from rnnc.simd import VectorElemwise
 
 __all__ = ["RowSums", "ids_of", "in_use", "local_one_hot_products", "register", "register_jax"]
@@ -166,13 +167,12 @@ def _codes_axis(array: Any, axis: int, fgraph: Any) -> int | None:
 def _width(size: Any, fgraph: Any) -> int | None:
     """A reshape's last size as a number: a constant, or the last axis of an array of
     codes (read from its shape); else None."""
-    while size.owner is not None and isinstance(size.owner.op, ScalarFromTensor):
-        size = size.owner.inputs[0]
-    if isinstance(size, Constant):
-        return int(size.data)
-    node = size.owner
-    if node is not None and isinstance(node.op, Shape_i):
-        return _codes_axis(node.inputs[0], node.op.i, fgraph)
+    found = _size(size)  # a constant, or an axis read with Shape_i
+    if isinstance(found, tuple):
+        return _codes_axis(*found, fgraph)
+    if found is not None:
+        return found
+    node = size.owner  # an axis read from the whole shape: shape(array)[axis]
     if node is not None and isinstance(node.op, Subtensor) and len(node.op.idx_list) == 1:
         shape, (axis,) = node.inputs[0], get_idx_list(node.inputs, node.op.idx_list)
         if shape.owner is not None and isinstance(shape.owner.op, Shape):
@@ -260,13 +260,6 @@ def ids_of(var: Any, fgraph: Any) -> tuple[Any, int] | None:
     if isinstance(op, DimShuffle):
         return ids.dimshuffle(*op.new_order[:-1]), depth
     return ids[tuple(get_idx_list(node.inputs, op.idx_list))], depth
-
-
-def _transposed(var: Any) -> Any:
-    node = var.owner
-    if node is not None and isinstance(node.op, DimShuffle) and node.op.new_order == (1, 0):
-        return node.inputs[0]
-    return None
 
 
 @node_rewriter([Dot22, Dot])

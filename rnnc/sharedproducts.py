@@ -38,13 +38,12 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.tensor.blas import Dot22
-from pytensor.tensor.elemwise import DimShuffle
 from pytensor.tensor.math import Dot
 from pytensor.tensor.shape import Reshape
 from pytensor.tensor.type import TensorType
 
 from rnnc.env import switched_off
-from rnnc.loopinputs import _dim, _sizes
+from rnnc.loopinputs import _dim, _sizes, _transposed
 
 __all__ = ["JoinRows", "in_use", "local_products_sharing_an_operand", "register"]
 
@@ -91,14 +90,6 @@ class JoinRows(Op):
         for s in shapes[1:]:
             width = width + s[-1]
         return [(rows, width)]
-
-
-def _transposed(var: Any) -> Any:
-    """The matrix ``var`` is the transpose of, else None."""
-    owner = var.owner
-    if owner is not None and isinstance(owner.op, DimShuffle) and owner.op.new_order == (1, 0):
-        return owner.inputs[0]
-    return None
 
 
 def _rows_of(matrix: Any) -> Any:
