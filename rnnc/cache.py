@@ -53,6 +53,7 @@ from rnnc import (
     packedgemm,
     pch,
     rowreduce,
+    rowsdot,
     sharedproducts,
     simd,
 )
@@ -135,6 +136,7 @@ def configure_c() -> None:
     onehot.register()
     loopinputs.register()
     sharedproducts.register()
+    rowsdot.register()
     mklpacked.register()  # and rnnc.packedgemm's rewrite
     flags = pytensor.config.gcc__cxxflags
     if not any(f.startswith("-g") for f in flags.split()):
@@ -269,6 +271,7 @@ def _versions() -> dict[str, str]:
         "panel gemm": packedgemm.in_use(),  # RNNC_PANEL_GEMM=0 too
         "loop inputs": loopinputs.in_use(),  # RNNC_LOOP_INPUTS=0 too
         "shared products": sharedproducts.in_use(),  # RNNC_SHARED_PRODUCTS=0
+        "rows dot": rowsdot.in_use(),  # RNNC_ROWS_DOT=0
         "one-hot products": onehot.in_use(),  # RNNC_ONE_HOT=0
         "interpreted": interpreted.in_use(),  # and RNNC_INTERPRETED=0
     }

@@ -33,9 +33,18 @@ from pytensor.tensor.math import Sum
 
 from rnnc.simd import VECTOR_LOOP
 
-__all__ = ["ColumnSum", "local_column_sums", "register"]
+__all__ = ["ColumnSum", "column_sums", "local_column_sums", "register", "summed_columns"]
 
 FLOATS = ("float32", "float64")
+
+
+def column_sums(x: np.ndarray, acc_dtype: str) -> np.ndarray:
+    """``x.sum(axis=0)`` in ``x``'s dtype, each column added in ``acc_dtype`` from the
+    first row to the last (the C loop's order)."""
+    total = np.zeros(x.shape[1], dtype=acc_dtype)
+    for row in x:
+        total += row
+    return total.astype(x.dtype)
 
 
 class ColumnSum(COp):
@@ -55,11 +64,7 @@ class ColumnSum(COp):
         return Apply(self, [x], [out])
 
     def perform(self, node: Any, inputs: Any, output_storage: Any) -> None:
-        (x,) = inputs
-        total = np.zeros(x.shape[1], dtype=self.acc_dtype)
-        for row in x:  # one row after the other, as the C loop adds
-            total += row
-        output_storage[0][0] = total.astype(x.dtype)
+        output_storage[0][0] = column_sums(inputs[0], self.acc_dtype)
 
     def infer_shape(self, fgraph: Any, node: Any, shapes: Any) -> Any:
         return [(shapes[0][1],)]
@@ -130,14 +135,22 @@ static void {name}_loop(npy_intp rows, npy_intp cols, const {item}* x, npy_intp 
 def local_column_sums(fgraph: Any, node: Apply) -> Any:
     """``Sum{axis=0}`` of a float matrix, accumulated in float64 or its own dtype, as
     :class:`ColumnSum`."""
-    op = node.op
+    acc = summed_columns(node)
+    return None if acc is None else [ColumnSum(acc)(node.inputs[0])]
+
+
+def summed_columns(node: Apply) -> str | None:
+    """The accumulator's dtype if ``node`` is a ``Sum{axis=0}`` that :class:`ColumnSum`
+    computes (of a float matrix, in float64 or its own dtype), else None."""
+    if not isinstance(node.op, Sum):
+        return None
     (x,) = node.inputs
-    acc = op.acc_dtype or x.dtype
-    if x.ndim != 2 or tuple(op.axis or ()) != (0,) or x.dtype not in FLOATS:
+    acc = node.op.acc_dtype or x.dtype
+    if x.ndim != 2 or tuple(node.op.axis or ()) != (0,) or x.dtype not in FLOATS:
         return None
     if node.outputs[0].dtype != x.dtype or acc not in (x.dtype, "float64"):
         return None
-    return [ColumnSum(acc)(x)]
+    return acc
 
 
 _registered = False

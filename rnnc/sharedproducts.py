@@ -45,7 +45,14 @@ from pytensor.tensor.type import TensorType
 from rnnc.env import switched_off
 from rnnc.loopinputs import _dim, _sizes, _transposed
 
-__all__ = ["JoinRows", "in_use", "local_products_sharing_an_operand", "register"]
+__all__ = [
+    "JoinRows",
+    "in_use",
+    "join_rows",
+    "local_products_sharing_an_operand",
+    "register",
+    "same_matrices",
+]
 
 _registered = False
 
@@ -69,17 +76,7 @@ class JoinRows(Op):
         return Apply(self, arrays, [out])
 
     def perform(self, node: Any, inputs: Any, output_storage: Any) -> None:
-        rows = {int(np.prod(a.shape[:-1])) for a in inputs}
-        if len(rows) != 1:
-            raise ValueError(f"JoinRows: the arrays hold different numbers of rows {rows}")
-        out = np.empty((rows.pop(), sum(a.shape[-1] for a in inputs)), inputs[0].dtype)
-        start = 0
-        for a in inputs:
-            block = out[:, start : start + a.shape[-1]]
-            block.shape = a.shape  # splits the rows: a view, never a copy
-            block[...] = a
-            start += a.shape[-1]
-        output_storage[0][0] = out
+        output_storage[0][0] = join_rows(inputs)
 
     def infer_shape(self, fgraph: Any, node: Any, shapes: Any) -> Any:
         first = shapes[0]
@@ -90,6 +87,21 @@ class JoinRows(Op):
         for s in shapes[1:]:
             width = width + s[-1]
         return [(rows, width)]
+
+
+def join_rows(arrays: Any) -> np.ndarray:
+    """The rows of NumPy ``arrays`` side by side (what :class:`JoinRows` computes)."""
+    rows = {int(np.prod(a.shape[:-1])) for a in arrays}
+    if len(rows) != 1:
+        raise ValueError(f"JoinRows: the arrays hold different numbers of rows {rows}")
+    out = np.empty((rows.pop(), sum(a.shape[-1] for a in arrays)), arrays[0].dtype)
+    start = 0
+    for a in arrays:
+        block = out[:, start : start + a.shape[-1]]
+        block.shape = a.shape  # splits the rows: a view, never a copy
+        block[...] = a
+        start += a.shape[-1]
+    return out
 
 
 def _rows_of(matrix: Any) -> Any:
@@ -117,22 +129,26 @@ def _same_matrix(var: Any) -> Any:
     return var
 
 
+def same_matrices(fgraph: Any, var: Any) -> list[Any]:
+    """``var`` and the other variables of ``fgraph`` that are the same matrix (reshapes
+    of the array ``var`` reshapes, to the same static number of columns)."""
+    key = _same_matrix(var)
+    if key is var:
+        return [var]
+    return [var] + [
+        client.outputs[0]
+        for client, _ in fgraph.clients[key[0]]
+        if isinstance(client.op, Reshape)  # not the function's output, say
+        and client.outputs[0] is not var
+        and _same_matrix(client.outputs[0]) == key
+    ]
+
+
 def _sharing(fgraph: Any, node: Any) -> list[Apply]:
     """The products ``A.T @ B`` of the same kind as ``node`` whose ``B`` is
     ``node``'s, ``node`` first."""
-    right = node.inputs[1]
-    key = _same_matrix(right)
-    candidates = [right]
-    if key is not right:  # other reshapes of the same array
-        candidates += [
-            client.outputs[0]
-            for client, _ in fgraph.clients[key[0]]
-            if isinstance(client.op, Reshape)  # not the function's output, say
-            and client.outputs[0] is not right
-            and _same_matrix(client.outputs[0]) == key
-        ]
     group = [node]
-    for candidate in candidates:
+    for candidate in same_matrices(fgraph, node.inputs[1]):
         for client, position in fgraph.clients[candidate]:
             if (
                 position == 1

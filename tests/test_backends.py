@@ -585,6 +585,18 @@ def test_doctor_says_whether_input_products_are_made_in_the_loops(monkeypatch):
     assert "input products" not in doctor._loop_products()[1]
 
 
+def test_doctor_says_whether_the_kernel_makes_the_weight_gradients(monkeypatch):
+    from rnnc import mklpacked, packedgemm, rowsdot
+    from rnnc.commands import doctor
+
+    monkeypatch.setattr(mklpacked, "in_use", lambda: False)
+    monkeypatch.setattr(packedgemm, "in_use", lambda: True)
+    monkeypatch.setattr(rowsdot, "in_use", lambda: True)
+    assert "weight gradients after the loops too" in doctor._loop_products()[1]
+    monkeypatch.setattr(rowsdot, "in_use", lambda: False)
+    assert "weight gradients" not in doctor._loop_products()[1]
+
+
 def _composites(fgraph) -> list:
     """The scalar graphs of the ``Composite`` operations of a compiled graph and of
     its loops."""

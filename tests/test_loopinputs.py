@@ -52,8 +52,10 @@ def _rnn(xw, u):
 
 
 def _compiled(build, monkeypatch, with_rewrite, gradient=True, shape=(None, None, None)):
-    # the weight gradients stay two products (else rnnc.sharedproducts joins them)
+    # the weight gradients stay two BLAS products (else rnnc.sharedproducts joins them
+    # and rnnc.rowsdot makes them)
     monkeypatch.setenv("RNNC_SHARED_PRODUCTS", "0")
+    monkeypatch.setenv("RNNC_ROWS_DOT", "0")
     if not with_rewrite:
         monkeypatch.setenv("RNNC_LOOP_INPUTS", "0")
     x = pt.tensor("x", dtype="float32", shape=shape)

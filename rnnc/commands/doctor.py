@@ -147,8 +147,9 @@ def _loop_products() -> tuple[str, str, str | None]:
     """How the C backend's loops multiply by their weights: packed once per call by
     MKL (:mod:`rnnc.mklpacked`) or by rnnc's own kernel (:mod:`rnnc.packedgemm`), or
     by the BLAS at every step; with rnnc's kernel, whether the input products are made
-    in the loops too (:mod:`rnnc.loopinputs`)."""
-    from rnnc import loopinputs, mklpacked, packedgemm
+    in the loops too (:mod:`rnnc.loopinputs`), and whether the weight gradients after
+    the loops are its too (:mod:`rnnc.rowsdot`)."""
+    from rnnc import loopinputs, mklpacked, packedgemm, rowsdot
     from rnnc.env import switched_off
 
     if mklpacked.in_use():
@@ -156,7 +157,8 @@ def _loop_products() -> tuple[str, str, str | None]:
     if packedgemm.in_use():
         kernel = "AVX-512" if packedgemm.panel_op() is packedgemm.PanelDot512 else "AVX2"
         inputs = "; input products step by step in the loops" if loopinputs.in_use() else ""
-        finding = f"rnnc's {kernel} kernel, weights packed once per call{inputs}"
+        grads = "; weight gradients after the loops too" if rowsdot.in_use() else ""
+        finding = f"rnnc's {kernel} kernel, weights packed once per call{inputs}{grads}"
         return ("C loop products", finding, None)
     if blas.linked_mkl():
         why = "RNNC_MKL_PACKED=0 or MKL_INTERFACE_LAYER=ILP64"
