@@ -10,18 +10,24 @@ two), ``[T*B, H+I]`` by ``[T*B, 4H]``. :class:`RowsDot` computes::
 reading each ``A_k`` where it is (a view of any strides: the states read from the
 end, say, with ``A_k``'s rows in C order as :class:`rnnc.sharedproducts.JoinRows`
 counts them), so the join's copy goes. It walks the rows in blocks of ``KC``: each
-block of ``A`` is copied into slivers of eight columns (``[KC, 8]``, one row of eight
-floats per row of ``A``), each block of ``B`` into panels of 16 columns (``[KC,
-16]``); the kernel of :mod:`rnnc.packedgemm`'s AVX-512 kind keeps an ``8 x 16`` block
-of ``C`` in eight registers, adds the block's ``KC`` outer products and adds the sum
-to ``C``. The sum over rows thus runs block by block, as BLAS's do (the results
-differ from OpenBLAS's in the last bits of float32).
+block of ``A`` is copied into slivers of 12 columns (``[KC, 12]``, one row of 12
+floats per row of ``A``), each block of ``B`` into panels of 32 columns (``[KC,
+32]``); the kernel keeps a ``12 x 32`` block of ``C`` in 24 AVX-512 registers (per row
+of the block: two loads of the panel, 12 broadcasts, 24 fused multiply-adds), adds
+the block's ``KC`` outer products and adds the sum to ``C``. The sum over rows thus
+runs block by block, as BLAS's do (the results differ from OpenBLAS's in the last
+bits of float32). While it copies ``B``, it can also sum ``B``'s columns (the bias
+gradient, ``sums=True``).
 
 One core of an AMD EPYC of family 25, model 17 (Zen 4, 2026-12-06), the medium LSTM
 of ``benchmarks/`` (``[3200, 384].T @ [3200, 1024]``): OpenBLAS 0.3.21 26.2 ms (96
-GF/s) plus 0.9 ms for the join; this kernel about 25 ms with the packing (2 ms of
-it). In use where :mod:`rnnc.packedgemm`'s AVX-512 kernel is (see its ``in_use``);
-``RNNC_ROWS_DOT=0`` switches it off.
+GF/s) plus 0.9 ms for the join; in a C model, blocks of ``8 x 16`` took 25.1-25.6 ms
+with the packing (1.8-2.2 ms of it), ``8 x 32`` 24.4-25.1 and ``12 x 32`` 24.8-25.1;
+in the op, ``12 x 32`` took 0.966-0.969 of the time of ``8 x 16`` (and 1.016 at the
+GRU's ``[3200, 256].T @ [3200, 768]``, whose 256 rows leave the last sliver a third
+full). Whole functions are in ``docs/backends.md`` ("Weight gradients as one
+product"). In use where :mod:`rnnc.packedgemm`'s AVX-512 kernel is (see its
+``in_use``); ``RNNC_ROWS_DOT=0`` switches it off.
 """
 
 from __future__ import annotations
@@ -44,16 +50,62 @@ from rnnc.sharedproducts import JoinRows, join_rows, same_matrices
 
 __all__ = ["KC", "RowsDot", "in_use", "local_rows_dot", "register"]
 
-#: Rows of ``A`` and ``B`` per block (measured: 640-800 best at the medium LSTM's
-#: shape on the Zen 4 above, 256 about 4% slower).
+#: Rows of ``A`` and ``B`` per block (measured with blocks of ``8 x 16``: 640-1024
+#: best at the medium LSTM's shape on the Zen 4 above, 256 about 4% slower).
 KC = 800
 
 _registered = False
 
-_SUPPORT = """
+#: The kernel's block of ``C``: rows (a sliver's columns of ``A``) and columns (a
+#: panel's of ``B``, two 16-float registers); 24 of the 32 AVX-512 registers hold it.
+ROWS, COLS = 12, 32
+
+
+def _kernel() -> str:
+    """C of the kernel: ``C[:rows, :w] (+)= sliver.T @ panel`` over ``kc`` rows."""
+    regs = [f"c{r}" for r in range(ROWS)] + [f"d{r}" for r in range(ROWS)]
+    fma = "".join(
+        f"        s = _mm512_set1_ps(x[{r}]); c{r} = _mm512_fmadd_ps(s, v, c{r}); "
+        f"d{r} = _mm512_fmadd_ps(s, u, d{r});\n"
+        for r in range(ROWS)
+    )
+    return f"""
+RNNC_ROWS_TARGET static void rnnc_rows_kernel(const float* a, const float* b, npy_intp kc,
+                                              float* C, npy_intp ldc, int rows, int w,
+                                              int add)
+{{
+    __m512 {" = _mm512_setzero_ps(), ".join(regs)} = _mm512_setzero_ps();
+    for (npy_intp k = 0; k < kc; k++) {{
+        const __m512 v = _mm512_load_ps(b + {COLS} * k), u = _mm512_load_ps(b + {COLS} * k + 16);
+        const float* x = a + {ROWS} * k;
+        __m512 s;
+{fma}    }}
+    const __mmask16 ml = (__mmask16)(w >= 16 ? 0xFFFFu : (1u << w) - 1u);
+    const __mmask16 mh = (__mmask16)(w >= 32 ? 0xFFFFu : w > 16 ? (1u << (w - 16)) - 1u : 0u);
+    const __m512 c[{ROWS}] = {{{", ".join(regs[:ROWS])}}};
+    const __m512 d[{ROWS}] = {{{", ".join(regs[ROWS:])}}};
+    for (int r = 0; r < rows; r++) {{
+        float* o = C + r * ldc;
+        __m512 lo = c[r], hi = d[r];
+        if (add) {{
+            lo = _mm512_add_ps(_mm512_maskz_loadu_ps(ml, o), lo);
+            hi = _mm512_add_ps(_mm512_maskz_loadu_ps(mh, o + 16), hi);
+        }}
+        _mm512_mask_storeu_ps(o, ml, lo);
+        _mm512_mask_storeu_ps(o + 16, mh, hi);
+    }}
+}}
+"""
+
+
+_SUPPORT = (
+    f"""
 #include <immintrin.h>
 #define RNNC_ROWS_TARGET __attribute__((target("avx512f")))
-
+#define RNNC_ROWS {ROWS}
+#define RNNC_COLS {COLS}
+"""
+    + r"""
 typedef struct { const char* data; int ndim; npy_intp inner; npy_intp s0, s1, s2; npy_intp width; }
     rnnc_rows_src;
 
@@ -64,50 +116,59 @@ static inline const char* rnnc_rows_row(const rnnc_rows_src* s, npy_intp r)
     return s->data + (r / s->inner) * s->s0 + (r % s->inner) * s->s1;
 }
 
-/* rows [r0, r0 + kc) of the sources side by side, into slivers of 8 columns
-   (sliver q: kc rows of 8 floats), columns past M zero */
+/* rows [r0, r0 + kc) of the sources side by side, into slivers of RNNC_ROWS columns
+   (sliver q: kc rows of RNNC_ROWS floats), columns past M zero */
 static void rnnc_rows_pack_a(const rnnc_rows_src* src, int n, npy_intp r0, npy_intp kc,
-                             npy_intp M8, float* P)
+                             npy_intp Mp, float* P)
 {
     for (npy_intp r = 0; r < kc; r++) {
         npy_intp m = 0;
         for (int i = 0; i < n; i++) {
             const char* row = rnnc_rows_row(src + i, r0 + r);
             const npy_intp st = src[i].s2, w = src[i].width;
-            npy_intp j = 0;
-            if (st == (npy_intp)sizeof(float) && m % 8 == 0)
-                for (; j + 8 <= w; j += 8)
-                    memcpy(P + ((m + j) / 8) * 8 * kc + r * 8, row + j * st, 8 * sizeof(float));
-            for (; j < w; j++)
-                P[((m + j) / 8) * 8 * kc + r * 8 + (m + j) % 8] = *(const float*)(row + j * st);
+            for (npy_intp j = 0; j < w;) {
+                /* a run of columns that stays in one sliver */
+                const npy_intp q = (m + j) / RNNC_ROWS, off = (m + j) % RNNC_ROWS;
+                const npy_intp run = RNNC_ROWS - off < w - j ? RNNC_ROWS - off : w - j;
+                float* o = P + q * RNNC_ROWS * kc + r * RNNC_ROWS + off;
+                if (st == (npy_intp)sizeof(float))
+                    memcpy(o, row + j * st, (size_t)run * sizeof(float));
+                else
+                    for (npy_intp e = 0; e < run; e++) o[e] = *(const float*)(row + (j + e) * st);
+                j += run;
+            }
             m += w;
         }
-        for (; m < M8; m++) P[(m / 8) * 8 * kc + r * 8 + m % 8] = 0.0f;
+        for (; m < Mp; m++) P[(m / RNNC_ROWS) * RNNC_ROWS * kc + r * RNNC_ROWS + m % RNNC_ROWS] = 0.0f;
     }
 }
 
-/* rows [r0, r0 + kc) of B's columns [j0, j0 + w) into one panel of 16 columns; with
-   acc, each column's values also added to acc[j] (double), row after row */
+/* rows [r0, r0 + kc) of B's columns [j0, j0 + w) into one panel of RNNC_COLS columns
+   (zero past w); with acc, each column's values also added to acc[j] (double), row
+   after row */
 RNNC_ROWS_TARGET static void rnnc_rows_pack_b(const char* B, npy_intp sb0, npy_intp sb1,
                                               npy_intp r0, npy_intp kc, npy_intp j0,
                                               npy_intp w, float* P, double* acc)
 {
-    if (w == 16 && sb1 == (npy_intp)sizeof(float)) {
-        __m512d lo = acc ? _mm512_loadu_pd(acc + j0) : _mm512_setzero_pd();
-        __m512d hi = acc ? _mm512_loadu_pd(acc + j0 + 8) : _mm512_setzero_pd();
+    if (w == RNNC_COLS && sb1 == (npy_intp)sizeof(float)) {
+        __m512d s[4];
+        for (int h = 0; h < 4; h++) s[h] = acc ? _mm512_loadu_pd(acc + j0 + 8 * h) : _mm512_setzero_pd();
         for (npy_intp r = 0; r < kc; r++) {
-            const __m512 v = _mm512_loadu_ps((const float*)(B + (r0 + r) * sb0) + j0);
-            _mm512_store_ps(P + 16 * r, v);
+            const float* row = (const float*)(B + (r0 + r) * sb0) + j0;
+            const __m512 v = _mm512_loadu_ps(row), u = _mm512_loadu_ps(row + 16);
+            _mm512_store_ps(P + RNNC_COLS * r, v);
+            _mm512_store_ps(P + RNNC_COLS * r + 16, u);
             if (acc) {
-                lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-                hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(
-                                           _mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+                s[0] = _mm512_add_pd(s[0], _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+                s[1] = _mm512_add_pd(s[1], _mm512_cvtps_pd(_mm256_castpd_ps(
+                                               _mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+                s[2] = _mm512_add_pd(s[2], _mm512_cvtps_pd(_mm512_castps512_ps256(u)));
+                s[3] = _mm512_add_pd(s[3], _mm512_cvtps_pd(_mm256_castpd_ps(
+                                               _mm512_extractf64x4_pd(_mm512_castps_pd(u), 1))));
             }
         }
-        if (acc) {
-            _mm512_storeu_pd(acc + j0, lo);
-            _mm512_storeu_pd(acc + j0 + 8, hi);
-        }
+        if (acc)
+            for (int h = 0; h < 4; h++) _mm512_storeu_pd(acc + j0 + 8 * h, s[h]);
         return;
     }
     for (npy_intp r = 0; r < kc; r++) {
@@ -115,65 +176,40 @@ RNNC_ROWS_TARGET static void rnnc_rows_pack_b(const char* B, npy_intp sb0, npy_i
         npy_intp j = 0;
         for (; j < w; j++) {
             const float v = *(const float*)(row + (j0 + j) * sb1);
-            P[16 * r + j] = v;
+            P[RNNC_COLS * r + j] = v;
             if (acc) acc[j0 + j] += (double)v;
         }
-        for (; j < 16; j++) P[16 * r + j] = 0.0f;
+        for (; j < RNNC_COLS; j++) P[RNNC_COLS * r + j] = 0.0f;
     }
 }
-
-/* C[:rows, :w] (+)= a sliver [kc, 8] transposed @ a panel [kc, 16] */
-RNNC_ROWS_TARGET static void rnnc_rows_kernel(const float* a, const float* b, npy_intp kc,
-                                              float* C, npy_intp ldc, int rows, int w,
-                                              int add)
-{
-    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0,
-           c6 = c0, c7 = c0;
-    for (npy_intp k = 0; k < kc; k++) {
-        const __m512 v = _mm512_load_ps(b + 16 * k);
-        const float* x = a + 8 * k;
-        c0 = _mm512_fmadd_ps(_mm512_set1_ps(x[0]), v, c0);
-        c1 = _mm512_fmadd_ps(_mm512_set1_ps(x[1]), v, c1);
-        c2 = _mm512_fmadd_ps(_mm512_set1_ps(x[2]), v, c2);
-        c3 = _mm512_fmadd_ps(_mm512_set1_ps(x[3]), v, c3);
-        c4 = _mm512_fmadd_ps(_mm512_set1_ps(x[4]), v, c4);
-        c5 = _mm512_fmadd_ps(_mm512_set1_ps(x[5]), v, c5);
-        c6 = _mm512_fmadd_ps(_mm512_set1_ps(x[6]), v, c6);
-        c7 = _mm512_fmadd_ps(_mm512_set1_ps(x[7]), v, c7);
-    }
-    const __mmask16 m = (__mmask16)((1u << w) - 1u);
-    __m512 c[8] = {c0, c1, c2, c3, c4, c5, c6, c7};
-    for (int r = 0; r < rows; r++) {
-        float* o = C + r * ldc;
-        const __m512 s = add ? _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), c[r]) : c[r];
-        _mm512_mask_storeu_ps(o, m, s);
-    }
-}
-
-/* C [M, N] = [sources].T @ B [R, N], packing into A_p (kc * M8 floats) and B_p
-   (kc * 16 floats), both 64-byte aligned; with acc (N doubles, zero), B's column sums
-   added to it */
+"""
+    + _kernel()
+    + r"""
+/* C [M, N] = [sources].T @ B [R, N], packing into A_p (kc * Mp floats, Mp = M rounded
+   up to RNNC_ROWS) and B_p (kc * RNNC_COLS floats), both 64-byte aligned; with acc (N
+   doubles, zero), B's column sums added to it */
 RNNC_ROWS_TARGET static void rnnc_rows_dot(const rnnc_rows_src* src, int n, npy_intp R,
                                            npy_intp M, const char* B, npy_intp sb0,
                                            npy_intp sb1, npy_intp N, float* C,
                                            npy_intp KC, float* Ap, float* Bp, double* acc)
 {
-    const npy_intp M8 = (M + 7) / 8 * 8;
+    const npy_intp Mp = (M + RNNC_ROWS - 1) / RNNC_ROWS * RNNC_ROWS;
     for (npy_intp r0 = 0; r0 < R; r0 += KC) {
         const npy_intp kc = R - r0 < KC ? R - r0 : KC;
-        rnnc_rows_pack_a(src, n, r0, kc, M8, Ap);
-        for (npy_intp j0 = 0; j0 < N; j0 += 16) {
-            const int w = (int)(N - j0 < 16 ? N - j0 : 16);
+        rnnc_rows_pack_a(src, n, r0, kc, Mp, Ap);
+        for (npy_intp j0 = 0; j0 < N; j0 += RNNC_COLS) {
+            const int w = (int)(N - j0 < RNNC_COLS ? N - j0 : RNNC_COLS);
             rnnc_rows_pack_b(B, sb0, sb1, r0, kc, j0, w, Bp, acc);
-            for (npy_intp q = 0; q < M8 / 8; q++) {
-                const int rows = (int)(M - 8 * q < 8 ? M - 8 * q : 8);
-                rnnc_rows_kernel(Ap + q * 8 * kc, Bp, kc, C + 8 * q * N + j0, N, rows, w,
-                                 r0 > 0);
+            for (npy_intp q = 0; q < Mp / RNNC_ROWS; q++) {
+                const int rows = (int)(M - RNNC_ROWS * q < RNNC_ROWS ? M - RNNC_ROWS * q : RNNC_ROWS);
+                rnnc_rows_kernel(Ap + q * RNNC_ROWS * kc, Bp, kc, C + RNNC_ROWS * q * N + j0, N,
+                                 rows, w, r0 > 0);
             }
         }
     }
 }
 """
+)
 
 
 class RowsDot(COp):
@@ -233,7 +269,7 @@ class RowsDot(COp):
         return f"free(buffer_{name});"
 
     def c_code_cache_version(self) -> tuple[int, ...]:
-        return (2, KC)
+        return (4, KC, ROWS, COLS)
 
     def c_code(self, node: Any, name: str, inames: Any, onames: Any, sub: Any) -> str:
         *arrays, b = inames
@@ -289,9 +325,9 @@ class RowsDot(COp):
         {out} = (PyArrayObject*)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0);
         if (!{out}) {{ {fail} }}
     }}{alloc_sums}
-    const npy_intp kc = R < {KC} ? R : {KC}, M8 = (M + 7) / 8 * 8;
-    const npy_intp a_size = (kc * M8 + 15) / 16 * 16;  /* the panels 64-byte aligned */
-    const size_t need = (size_t)(a_size + kc * 16) * sizeof(float) + (size_t)N * sizeof(double);
+    const npy_intp kc = R < {KC} ? R : {KC}, Mp = (M + {ROWS - 1}) / {ROWS} * {ROWS};
+    const npy_intp a_size = (kc * Mp + 15) / 16 * 16;  /* the panels 64-byte aligned */
+    const size_t need = (size_t)(a_size + kc * {COLS}) * sizeof(float) + (size_t)N * sizeof(double);
     if (need > {capacity}) {{
         free({buffer});
         if (posix_memalign(&{buffer}, 64, need)) {buffer} = NULL;
@@ -300,7 +336,7 @@ class RowsDot(COp):
     }}
     float* Ap = (float*){buffer};
     float* Bp = Ap + a_size;
-    double* acc = (double*)(Bp + kc * 16);
+    double* acc = (double*)(Bp + kc * {COLS});
     memset(acc, 0, (size_t)N * sizeof(double));
     if (R == 0) {{
         memset(PyArray_DATA({out}), 0, (size_t)(M * N) * sizeof(float));
