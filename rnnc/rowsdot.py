@@ -11,7 +11,8 @@ reading each ``A_k`` where it is (a view of any strides: the states read from th
 end, say, with ``A_k``'s rows in C order as :class:`rnnc.sharedproducts.JoinRows`
 counts them), so the join's copy goes. It walks the rows in blocks of ``KC``: each
 block of ``A`` is copied into slivers of 12 columns (``[KC, 12]``, one row of 12
-floats per row of ``A``), each block of ``B`` into panels of 32 columns (``[KC,
+floats per row of ``A``; 8 where ``A`` has a multiple of 8 columns and not of 12, so
+that no sliver is part empty), each block of ``B`` into panels of 32 columns (``[KC,
 32]``); the kernel keeps a ``12 x 32`` block of ``C`` in 24 AVX-512 registers (per row
 of the block: two loads of the panel, 12 broadcasts, 24 fused multiply-adds), adds
 the block's ``KC`` outer products and adds the sum to ``C``. The sum over rows thus
@@ -23,11 +24,14 @@ One core of an AMD EPYC of family 25, model 17 (Zen 4, 2026-12-06), the medium L
 of ``benchmarks/`` (``[3200, 384].T @ [3200, 1024]``): OpenBLAS 0.3.21 26.2 ms (96
 GF/s) plus 0.9 ms for the join; in a C model, blocks of ``8 x 16`` took 25.1-25.6 ms
 with the packing (1.8-2.2 ms of it), ``8 x 32`` 24.4-25.1 and ``12 x 32`` 24.8-25.1;
-in the op, ``12 x 32`` took 0.966-0.969 of the time of ``8 x 16`` (and 1.016 at the
-GRU's ``[3200, 256].T @ [3200, 768]``, whose 256 rows leave the last sliver a third
-full). Whole functions are in ``docs/backends.md`` ("Weight gradients as one
-product"). In use where :mod:`rnnc.packedgemm`'s AVX-512 kernel is (see its
-``in_use``); ``RNNC_ROWS_DOT=0`` switches it off.
+in the op, ``12 x 32`` took 0.966-0.969 of the time of ``8 x 16``. At smaller
+shapes the op (column sums included) and OpenBLAS (without) take the same time:
+``[3200, 256].T @ [3200, 256]`` 4.51 against 4.52 ms, ``[3200, 128].T @ [3200,
+512]`` 4.75 against 4.77, ``[3200, 256].T @ [3200, 768]`` 13.1 against 13.0 (before
+the slivers of 8 and the masked copies into slivers, 6-7% slower). Whole functions
+are in ``docs/backends.md`` ("Weight gradients as one product"). In use where
+:mod:`rnnc.packedgemm`'s AVX-512 kernel is (see its ``in_use``); ``RNNC_ROWS_DOT=0``
+switches it off.
 """
 
 from __future__ import annotations
@@ -56,34 +60,37 @@ KC = 800
 
 _registered = False
 
-#: The kernel's block of ``C``: rows (a sliver's columns of ``A``) and columns (a
-#: panel's of ``B``, two 16-float registers); 24 of the 32 AVX-512 registers hold it.
-ROWS, COLS = 12, 32
+#: The kernel's blocks of ``C``: rows (a sliver's columns of ``A``: 12, or 8 where
+#: ``M`` is a multiple of 8 and not of 12) and columns (a panel's of ``B``, two
+#: 16-float registers); the block takes 24 or 16 of the 32 AVX-512 registers.
+ROWS, COLS = (12, 8), 32
+MAX_ROWS = max(ROWS)
 
 
-def _kernel() -> str:
-    """C of the kernel: ``C[:rows, :w] (+)= sliver.T @ panel`` over ``kc`` rows."""
-    regs = [f"c{r}" for r in range(ROWS)] + [f"d{r}" for r in range(ROWS)]
+def _kernel(rows: int) -> str:
+    """C of the kernel for slivers of ``rows`` columns: ``C[:rows, :w] (+)= sliver.T @
+    panel`` over ``kc`` rows, the block of ``C`` in ``2 * rows`` registers."""
+    regs = [f"c{r}" for r in range(rows)] + [f"d{r}" for r in range(rows)]
     fma = "".join(
         f"        s = _mm512_set1_ps(x[{r}]); c{r} = _mm512_fmadd_ps(s, v, c{r}); "
         f"d{r} = _mm512_fmadd_ps(s, u, d{r});\n"
-        for r in range(ROWS)
+        for r in range(rows)
     )
     return f"""
-RNNC_ROWS_TARGET static void rnnc_rows_kernel(const float* a, const float* b, npy_intp kc,
+RNNC_ROWS_TARGET static void rnnc_rows_kernel{rows}(const float* a, const float* b, npy_intp kc,
                                               float* C, npy_intp ldc, int rows, int w,
                                               int add)
 {{
     __m512 {" = _mm512_setzero_ps(), ".join(regs)} = _mm512_setzero_ps();
     for (npy_intp k = 0; k < kc; k++) {{
         const __m512 v = _mm512_load_ps(b + {COLS} * k), u = _mm512_load_ps(b + {COLS} * k + 16);
-        const float* x = a + {ROWS} * k;
+        const float* x = a + {rows} * k;
         __m512 s;
 {fma}    }}
     const __mmask16 ml = (__mmask16)(w >= 16 ? 0xFFFFu : (1u << w) - 1u);
     const __mmask16 mh = (__mmask16)(w >= 32 ? 0xFFFFu : w > 16 ? (1u << (w - 16)) - 1u : 0u);
-    const __m512 c[{ROWS}] = {{{", ".join(regs[:ROWS])}}};
-    const __m512 d[{ROWS}] = {{{", ".join(regs[ROWS:])}}};
+    const __m512 c[{rows}] = {{{", ".join(regs[:rows])}}};
+    const __m512 d[{rows}] = {{{", ".join(regs[rows:])}}};
     for (int r = 0; r < rows; r++) {{
         float* o = C + r * ldc;
         __m512 lo = c[r], hi = d[r];
@@ -102,7 +109,6 @@ _SUPPORT = (
     f"""
 #include <immintrin.h>
 #define RNNC_ROWS_TARGET __attribute__((target("avx512f")))
-#define RNNC_ROWS {ROWS}
 #define RNNC_COLS {COLS}
 """
     + r"""
@@ -116,10 +122,10 @@ static inline const char* rnnc_rows_row(const rnnc_rows_src* s, npy_intp r)
     return s->data + (r / s->inner) * s->s0 + (r % s->inner) * s->s1;
 }
 
-/* rows [r0, r0 + kc) of the sources side by side, into slivers of RNNC_ROWS columns
-   (sliver q: kc rows of RNNC_ROWS floats), columns past M zero */
-static void rnnc_rows_pack_a(const rnnc_rows_src* src, int n, npy_intp r0, npy_intp kc,
-                             npy_intp Mp, float* P)
+/* rows [r0, r0 + kc) of the sources side by side, into slivers of R columns (sliver
+   q: kc rows of R floats), columns past M (up to Mp) zero */
+RNNC_ROWS_TARGET static void rnnc_rows_pack_a(const rnnc_rows_src* src, int n, npy_intp r0,
+                                              npy_intp kc, npy_intp Mp, npy_intp R, float* P)
 {
     for (npy_intp r = 0; r < kc; r++) {
         npy_intp m = 0;
@@ -128,18 +134,19 @@ static void rnnc_rows_pack_a(const rnnc_rows_src* src, int n, npy_intp r0, npy_i
             const npy_intp st = src[i].s2, w = src[i].width;
             for (npy_intp j = 0; j < w;) {
                 /* a run of columns that stays in one sliver */
-                const npy_intp q = (m + j) / RNNC_ROWS, off = (m + j) % RNNC_ROWS;
-                const npy_intp run = RNNC_ROWS - off < w - j ? RNNC_ROWS - off : w - j;
-                float* o = P + q * RNNC_ROWS * kc + r * RNNC_ROWS + off;
-                if (st == (npy_intp)sizeof(float))
-                    memcpy(o, row + j * st, (size_t)run * sizeof(float));
-                else
+                const npy_intp q = (m + j) / R, off = (m + j) % R;
+                const npy_intp run = R - off < w - j ? R - off : w - j;
+                float* o = P + q * R * kc + r * R + off;
+                if (st == (npy_intp)sizeof(float)) {
+                    const __mmask16 mask = (__mmask16)((1u << run) - 1u);
+                    _mm512_mask_storeu_ps(o, mask, _mm512_maskz_loadu_ps(mask, row + j * st));
+                } else
                     for (npy_intp e = 0; e < run; e++) o[e] = *(const float*)(row + (j + e) * st);
                 j += run;
             }
             m += w;
         }
-        for (; m < Mp; m++) P[(m / RNNC_ROWS) * RNNC_ROWS * kc + r * RNNC_ROWS + m % RNNC_ROWS] = 0.0f;
+        for (; m < Mp; m++) P[(m / R) * R * kc + r * R + m % R] = 0.0f;
     }
 }
 
@@ -183,27 +190,30 @@ RNNC_ROWS_TARGET static void rnnc_rows_pack_b(const char* B, npy_intp sb0, npy_i
     }
 }
 """
-    + _kernel()
+    + "".join(_kernel(rows) for rows in ROWS)
     + r"""
-/* C [M, N] = [sources].T @ B [R, N], packing into A_p (kc * Mp floats, Mp = M rounded
-   up to RNNC_ROWS) and B_p (kc * RNNC_COLS floats), both 64-byte aligned; with acc (N
-   doubles, zero), B's column sums added to it */
+/* C [M, N] = [sources].T @ B [R, N], packing into A_p (kc * (M + 12) floats) and B_p
+   (kc * RNNC_COLS floats), both 64-byte aligned; with acc (N doubles, zero), B's
+   column sums added to it */
 RNNC_ROWS_TARGET static void rnnc_rows_dot(const rnnc_rows_src* src, int n, npy_intp R,
                                            npy_intp M, const char* B, npy_intp sb0,
                                            npy_intp sb1, npy_intp N, float* C,
                                            npy_intp KC, float* Ap, float* Bp, double* acc)
 {
-    const npy_intp Mp = (M + RNNC_ROWS - 1) / RNNC_ROWS * RNNC_ROWS;
+    /* slivers of 12 columns, or of 8 where M is a multiple of 8 and not of 12 */
+    const npy_intp S = (M % 8 == 0 && M % 12 != 0) ? 8 : 12;
+    const npy_intp Mp = (M + S - 1) / S * S;
     for (npy_intp r0 = 0; r0 < R; r0 += KC) {
         const npy_intp kc = R - r0 < KC ? R - r0 : KC;
-        rnnc_rows_pack_a(src, n, r0, kc, Mp, Ap);
+        rnnc_rows_pack_a(src, n, r0, kc, Mp, S, Ap);
         for (npy_intp j0 = 0; j0 < N; j0 += RNNC_COLS) {
             const int w = (int)(N - j0 < RNNC_COLS ? N - j0 : RNNC_COLS);
             rnnc_rows_pack_b(B, sb0, sb1, r0, kc, j0, w, Bp, acc);
-            for (npy_intp q = 0; q < Mp / RNNC_ROWS; q++) {
-                const int rows = (int)(M - RNNC_ROWS * q < RNNC_ROWS ? M - RNNC_ROWS * q : RNNC_ROWS);
-                rnnc_rows_kernel(Ap + q * RNNC_ROWS * kc, Bp, kc, C + RNNC_ROWS * q * N + j0, N,
-                                 rows, w, r0 > 0);
+            for (npy_intp q = 0; q < Mp / S; q++) {
+                const int rows = (int)(M - S * q < S ? M - S * q : S);
+                float* c = C + S * q * N + j0;
+                if (S == 8) rnnc_rows_kernel8(Ap + q * S * kc, Bp, kc, c, N, rows, w, r0 > 0);
+                else rnnc_rows_kernel12(Ap + q * S * kc, Bp, kc, c, N, rows, w, r0 > 0);
             }
         }
     }
@@ -269,7 +279,7 @@ class RowsDot(COp):
         return f"free(buffer_{name});"
 
     def c_code_cache_version(self) -> tuple[int, ...]:
-        return (4, KC, ROWS, COLS)
+        return (6, KC, ROWS, COLS)
 
     def c_code(self, node: Any, name: str, inames: Any, onames: Any, sub: Any) -> str:
         *arrays, b = inames
@@ -325,8 +335,8 @@ class RowsDot(COp):
         {out} = (PyArrayObject*)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0);
         if (!{out}) {{ {fail} }}
     }}{alloc_sums}
-    const npy_intp kc = R < {KC} ? R : {KC}, Mp = (M + {ROWS - 1}) / {ROWS} * {ROWS};
-    const npy_intp a_size = (kc * Mp + 15) / 16 * 16;  /* the panels 64-byte aligned */
+    const npy_intp kc = R < {KC} ? R : {KC};
+    const npy_intp a_size = (kc * (M + {MAX_ROWS}) + 15) / 16 * 16;  /* then 64-byte aligned */
     const size_t need = (size_t)(a_size + kc * {COLS}) * sizeof(float) + (size_t)N * sizeof(double);
     if (need > {capacity}) {{
         free({buffer});
