@@ -55,7 +55,7 @@ def two_sources():
 @pytest.mark.parametrize(
     ("t", "b", "h", "i", "n"),
     [
-        (100, 32, 256, 128, 1024),  # the medium LSTM's: blocks of KC rows and a rest
+        (101, 32, 256, 128, 1024),  # the medium LSTM's widths: blocks of KC rows and a rest
         (3, 5, 7, 9, 21),  # widths and columns not multiples of 8 and 16
         (1, 1, 1, 1, 1),
         (0, 4, 8, 8, 16),  # no rows: zeros
