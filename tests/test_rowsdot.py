@@ -7,6 +7,8 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rnnc import blaskernels, rowsdot
 from rnnc.colsum import ColumnSum, column_sums
@@ -136,3 +138,45 @@ def test_lstm_weight_and_bias_gradients(monkeypatch):
     x = np.random.default_rng(5).standard_normal((3, 7, 12)).astype("float32")
     for got, want in zip(on(x), off(x), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def three_sources():
+    """``[a | b | c].T @ g`` with ``g``'s column sums: a view of three axes between two
+    matrices, so that slivers take columns of two sources."""
+    a, b, c, g = (
+        pt.tensor(n, dtype="float32", shape=(None,) * d)
+        for n, d in (("a", 2), ("b", 3), ("c", 2), ("g", 2))
+    )
+    product, sums = RowsDot(sums=True)(a, b, c, g)
+    return function([a, b, c, g], [product, sums], "c")
+
+
+@needs_avx512
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.integers(0, 30),
+    batch=st.integers(1, 40),
+    widths=st.tuples(st.integers(1, 20), st.integers(1, 20), st.integers(1, 20)),
+    n=st.integers(1, 70),
+    reversed_steps=st.booleans(),
+    transposed=st.booleans(),
+)
+def test_any_shapes_and_views(three_sources, steps, batch, widths, n, reversed_steps, transposed):
+    """Random row counts (across blocks of ``KC``), widths that leave slivers part
+    full, a source read from the end, one whose rows are not contiguous, and a ``B``
+    of columns of a wider matrix."""
+    rng = np.random.default_rng(steps * 1000 + batch + n)
+    rows = steps * batch
+    wa, wb, wc = widths
+    a = rng.standard_normal((wa, rows) if transposed else (rows, wa)).astype("float32")
+    a = a.T if transposed else a  # [rows, wa], its last axis not contiguous if transposed
+    b = rng.standard_normal((steps, batch, wb)).astype("float32")
+    b = b[::-1] if reversed_steps else b
+    c = rng.standard_normal((rows, wc)).astype("float32")
+    wide = rng.standard_normal((rows, n + 5)).astype("float32")
+    g = wide[:, 2 : 2 + n]
+    product, sums = three_sources(a, b, c, g)
+    joined = np.concatenate([a, b.reshape(rows, wb), c], axis=1).astype("float64")
+    _close(product, joined.T @ g, rows)
+    np.testing.assert_array_equal(sums, column_sums(np.ascontiguousarray(g), "float64"))
