@@ -118,6 +118,10 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
     with pytest.raises(CheckpointError, match=r"text\.npz"):
         load_checkpoint(tmp_path / "text.npz")
+    (tmp_path / "lm_loss.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # the run's plot, say
+    with pytest.raises(CheckpointError, match=r"lm_loss\.png' is not an rnnc checkpoint") as e:
+        load_checkpoint(tmp_path / "lm_loss.png")
+    assert "written by `rnnc train`" in str(e.value)
 
 
 def test_write_atomic_keeps_the_old_file_when_the_writer_fails(tmp_path):

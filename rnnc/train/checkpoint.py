@@ -230,6 +230,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"no checkpoint file {str(path)!r}",
             fix="pass the path of a .npz file written by `rnnc train`",
         )
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if len(head) == 2 and head != b"PK":  # a truncated .npz still starts as a zip
+        raise CheckpointError(
+            f"{str(path)!r} is not an rnnc checkpoint: it is not an .npz (zip) file",
+            fix="pass the path of a checkpoint written by `rnnc train` (in its folder, "
+            "named lm_<cell>_epoch<epochs>_<validation loss>.npz)",
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
