@@ -58,6 +58,7 @@ from rnnc.env import switched_off
 
 __all__ = [
     "CallStamp",
+    "NodeBuffer",
     "PackedDot",
     "StampedProduct",
     "in_use",
@@ -112,7 +113,27 @@ void cblas_dgemm_compute(int, int, int, int, int, int, const double*, int, const
 """
 
 
-class StampedProduct(COp):
+class NodeBuffer(COp):
+    """A C op whose node keeps a buffer of its own between calls: ``buffer_`` (NULL
+    at first) and ``capacity_`` (its bytes) in its C struct, freed with the node, and
+    the fields ``STRUCT`` names besides (C type, name, initial value)."""
+
+    STRUCT: tuple[tuple[str, str, str], ...] = ()
+
+    def _fields(self) -> tuple[tuple[str, str, str], ...]:
+        return (("void*", "buffer", "NULL"), ("size_t", "capacity", "0"), *self.STRUCT)
+
+    def c_support_code_struct(self, node: Any, name: str) -> str:
+        return " ".join(f"{kind} {field}_{name};" for kind, field, _ in self._fields())
+
+    def c_init_code_struct(self, node: Any, name: str, sub: Any) -> str:
+        return " ".join(f"{field}_{name} = {value};" for _, field, value in self._fields())
+
+    def c_cleanup_code_struct(self, node: Any, name: str) -> str:
+        return f"free(buffer_{name});"
+
+
+class StampedProduct(NodeBuffer):
     """``a @ w`` for matrices ``a`` ``[M, K]`` and ``w`` ``[K, N]`` of one of
     ``DTYPES``, whose node keeps a buffer made from ``w`` once for every new ``stamp``
     (``buffer_``, ``capacity_``, ``stamp_`` and ``m_`` in its C struct: the buffer,
@@ -121,6 +142,7 @@ class StampedProduct(COp):
 
     __props__ = ()
     DTYPES: tuple[str, ...] = ("float32", "float64")
+    STRUCT = (("npy_int64", "stamp", "-1"), ("int", "m", "-1"))
 
     def make_node(self, a: Any, w: Any, stamp: Any) -> Apply:
         a, w, stamp = (pt.as_tensor_variable(v) for v in (a, w, stamp))
@@ -138,15 +160,6 @@ class StampedProduct(COp):
 
     def infer_shape(self, fgraph: Any, node: Any, shapes: Any) -> Any:
         return [(shapes[0][0], shapes[1][1])]
-
-    def c_support_code_struct(self, node: Any, name: str) -> str:
-        return f"void* buffer_{name}; size_t capacity_{name}; npy_int64 stamp_{name}; int m_{name};"
-
-    def c_init_code_struct(self, node: Any, name: str, sub: Any) -> str:
-        return f"buffer_{name} = NULL; capacity_{name} = 0; stamp_{name} = -1; m_{name} = -1;"
-
-    def c_cleanup_code_struct(self, node: Any, name: str) -> str:
-        return f"free(buffer_{name});"
 
 
 class PackedDot(StampedProduct):

@@ -45,7 +45,6 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
-from pytensor.link.c.op import COp
 from pytensor.tensor.blas import Dot22
 from pytensor.tensor.math import Dot
 from pytensor.tensor.type import TensorType
@@ -53,6 +52,7 @@ from pytensor.tensor.type import TensorType
 from rnnc.colsum import column_sums, summed_columns
 from rnnc.env import switched_off
 from rnnc.loopinputs import _transposed
+from rnnc.mklpacked import NodeBuffer
 from rnnc.sharedproducts import JoinRows, join_rows, same_matrices
 
 __all__ = ["KC", "RowsDot", "in_use", "local_rows_dot", "register"]
@@ -225,7 +225,7 @@ RNNC_ROWS_TARGET static void rnnc_rows_dot(const rnnc_rows_src* src, int n, npy_
 )
 
 
-class RowsDot(COp):
+class RowsDot(NodeBuffer):
     """``[A_1 | ... | A_n].T @ B`` for float32 ``A_k`` of two or three axes (rows in C
     order over the leading axes, :class:`rnnc.sharedproducts.JoinRows`'s) and a
     float32 matrix ``B`` with as many rows (see the module). With ``sums``, a second
@@ -271,15 +271,6 @@ class RowsDot(COp):
 
     def c_support_code(self, **kwargs: Any) -> str:
         return _SUPPORT
-
-    def c_support_code_struct(self, node: Any, name: str) -> str:
-        return f"void* buffer_{name}; size_t capacity_{name};"
-
-    def c_init_code_struct(self, node: Any, name: str, sub: Any) -> str:
-        return f"buffer_{name} = NULL; capacity_{name} = 0;"
-
-    def c_cleanup_code_struct(self, node: Any, name: str) -> str:
-        return f"free(buffer_{name});"
 
     def c_code_cache_version(self) -> tuple[int, ...]:
         return (6, KC, ROWS, COLS)
