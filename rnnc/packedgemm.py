@@ -15,7 +15,12 @@ and multiplies by them with a kernel that keeps a ``6 x 16`` block of the result
 twelve AVX registers, ``C[i:i+6, 16j:16j+16] = A[i:i+6, :] @ panel j``: per row ``k``
 of the panel it loads its 16 floats as two vectors, broadcasts the six ``A[i+r, k]``
 and adds their products (12 fused multiply-adds, 8 loads). The panel, 16 KB at
-K=256, stays in the L1 cache while the kernel walks down the rows of ``A``. One
+K=256, stays in the L1 cache while the kernel walks down the rows of ``A``. Where
+two rows would be left over (batches of 8, 32, 128), the last eight go in two
+blocks of 4 instead of 6 and 2: a block of 2 has four sums, too few to cover the
+FMAs' latency (four cycles, two units). That took the products at 32 rows from
+181-184 to 173-174 us (``[8, 256] @ [256, 1024]``: 53 to 44 us; a C model compiled
+as PyTensor compiles, one core of the machine below). One
 core of an AMD EPYC of family 25 (model 1, 2026-12-06), float32, OpenBLAS 0.3.31
 (NumPy's) against this kernel with the weights already packed:
 
@@ -72,7 +77,12 @@ ROWS = 6
 
 def _kernel(rows: int) -> str:
     """C of the AVX2 kernel for a block of ``rows`` rows: ``C[:rows, :w] = A[:rows] @
-    panel`` (``w`` the panel's columns that are ``W``'s, 16 but in the last)."""
+    panel`` (``w`` the panel's columns that are ``W``'s, 16 but in the last).
+
+    The empty ``asm`` keeps the panel's two vectors in registers: tuned for Zen 3
+    (``-march=znver3``, as PyTensor compiles), g++ otherwise reads them from memory
+    in each of the block's fused multiply-adds, and the 4-row block then needs 12
+    loads per 8 FMAs, more than the core's two per cycle."""
     zero = "".join(
         f"    __m256 c{r}0 = _mm256_setzero_ps(), c{r}1 = _mm256_setzero_ps();\n"
         for r in range(rows)
@@ -88,7 +98,8 @@ RNNC_PANEL_TARGET static void rnnc_panel_kernel{rows}(
     const float* A, long lda, const float* p, long K, float* C, long ldc, long w)
 {{
 {zero}    for (long k = 0; k < K; k++) {{
-        const __m256 b0 = _mm256_load_ps(p + k * {PANEL}), b1 = _mm256_load_ps(p + k * {PANEL} + 8);
+        __m256 b0 = _mm256_load_ps(p + k * {PANEL}), b1 = _mm256_load_ps(p + k * {PANEL} + 8);
+        __asm__("" : "+x"(b0), "+x"(b1));  /* in registers: see _kernel */
         __m256 a;
 {fma}    }}
 {store}}}
@@ -151,13 +162,15 @@ RNNC_PANEL_TARGET static inline void rnnc_panel_store(float* o, __m256 lo, __m25
 """
 
 
-def _support(target: str, kernels: str, blocks: tuple[int, ...]) -> str:
+def _support(target: str, kernels: str, blocks: tuple[int, ...], stop: str = "M") -> str:
     """The C support code: packing, the ``kernels`` (compiled for ``target``, one
-    per row count in ``blocks``, largest first) and the loop over panels and blocks."""
+    per row count in ``blocks``, largest first) and the loop over panels and blocks;
+    the largest blocks cover the rows up to ``stop`` (a C expression of ``M``), the
+    smaller ones the rest."""
     calls = "".join(
-        f"        for (; i + {r} <= M; i += {r}) "
+        f"        for (; i + {r} <= {stop if n == 0 else 'M'}; i += {r}) "
         f"rnnc_panel_kernel{r}(A + i * lda, lda, p, K, C + i * ldc + j0, ldc, w);\n"
-        for r in blocks
+        for n, r in enumerate(blocks)
     )
     return f"""
 #if defined(__x86_64__) || defined(_M_X64)
@@ -178,8 +191,15 @@ RNNC_PANEL_TARGET static void rnnc_panel_gemm(
 """
 
 
+#: Where the AVX2 kernel's blocks of 6 rows stop: two rows left over (a batch of 8,
+#: 32 or 128) go with the six before them into two blocks of 4, whose 8 sums keep
+#: both FMA units busy, where a block of 2 (4 sums) waits on the FMAs' latency.
+_STOP6 = "(M % 6 == 2 && M >= 8 ? M - 8 : M)"
 _SUPPORT = _support(
-    "avx2,fma", _STORE256 + "".join(_kernel(r) for r in (ROWS, 4, 2, 1)), (ROWS, 4, 2, 1)
+    "avx2,fma",
+    _STORE256 + "".join(_kernel(r) for r in (ROWS, 4, 2, 1)),
+    (ROWS, 4, 2, 1),
+    _STOP6,
 )
 _SUPPORT512 = _support("avx512f", "".join(_kernel512(r) for r in (8, 4, 2, 1)), (8, 4, 2, 1))
 
@@ -194,7 +214,7 @@ class PanelDot(StampedProduct):
         return _SUPPORT
 
     def c_code_cache_version(self) -> tuple[int, ...]:
-        return (3,)
+        return (5,)
 
     def c_code(self, node: Any, name: str, inames: Any, onames: Any, sub: Any) -> str:
         a, w, stamp = inames
