@@ -321,7 +321,7 @@ def local_input_products_in_loop(fgraph: Any, node: Apply) -> Any:
     return new_op(*outer, *extra_outer, return_list=True)
 
 
-def _rows_of(fgraph: Any, out: Any) -> list[tuple[Apply, Any]]:
+def _row_products(fgraph: Any, out: Any) -> list[tuple[Apply, Any]]:
     """The products ``reshape(out, [T*B, N]) @ W`` of a scan's per-step output
     ``out`` (``[T, B, N]``, N static) by a matrix ``W`` of static height N, as
     ``(product node, W)``."""
@@ -360,7 +360,7 @@ def local_output_products_in_loop(fgraph: Any, node: Apply) -> Any:
     picked = [
         (inner, product, w)
         for inner, outer in zip(inner_outs, outer_outs, strict=True)
-        for product, w in _rows_of(fgraph, outer)
+        for product, w in _row_products(fgraph, outer)
         if not set(node.outputs).intersection(ancestors([w]))  # W known before the loop
     ]
     if not picked:

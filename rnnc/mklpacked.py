@@ -132,6 +132,20 @@ class NodeBuffer(COp):
     def c_cleanup_code_struct(self, node: Any, name: str) -> str:
         return f"free(buffer_{name});"
 
+    @staticmethod
+    def grow_c(name: str, size: str, release: str, fail: str) -> str:
+        """C that makes the node's buffer hold ``size`` bytes at least (64-byte aligned,
+        as MKL's packed matrices need; the old contents dropped); out of memory, it
+        runs ``release`` and ``fail``."""
+        buffer, capacity = f"buffer_{name}", f"capacity_{name}"
+        return f"""
+        if ({size} > {capacity}) {{
+            free({buffer});
+            if (posix_memalign(&{buffer}, 64, {size})) {buffer} = NULL;
+            {capacity} = {buffer} ? {size} : 0;
+            if (!{buffer}) {{ {release}PyErr_NoMemory(); {fail} }}
+        }}"""
+
 
 class StampedProduct(NodeBuffer):
     """``a @ w`` for matrices ``a`` ``[M, K]`` and ``w`` ``[K, N]`` of one of
@@ -185,7 +199,7 @@ class PackedDot(StampedProduct):
         return ldflags(libs=False, flags=True)
 
     def c_code_cache_version(self) -> tuple[int, ...]:
-        return (7,)
+        return (8,)
 
     def c_code(self, node: Any, name: str, inames: Any, onames: Any, sub: Any) -> str:
         a, w, stamp = inames
@@ -194,9 +208,7 @@ class PackedDot(StampedProduct):
         real = "float" if node.inputs[0].dtype == "float32" else "double"
         p = "s" if real == "float" else "d"
         typenum = "NPY_FLOAT32" if real == "float" else "NPY_FLOAT64"
-        packed, capacity, seen, seen_m = (
-            f"{v}_{name}" for v in ("buffer", "capacity", "stamp", "m")
-        )
+        packed, seen, seen_m = (f"{v}_{name}" for v in ("buffer", "stamp", "m"))
         return product_c(
             "PackedDot",
             a,
@@ -221,16 +233,7 @@ class PackedDot(StampedProduct):
                 w = w_own; trans = RNNC_NO_TRANS; ldw = N;
             }}
             const size_t size = cblas_{p}gemm_pack_get_size(RNNC_B_MATRIX, M, N, K);
-            if (size > {capacity}) {{
-                free({packed});
-                if (posix_memalign(&{packed}, 64, size)) {packed} = NULL;  /* MKL needs 64 */
-                {capacity} = {packed} ? size : 0;
-                if (!{packed}) {{
-                    Py_XDECREF(a_own); Py_XDECREF(w_own);
-                    PyErr_NoMemory();
-                    {fail}
-                }}
-            }}
+            {self.grow_c(name, "size", "Py_XDECREF(a_own); Py_XDECREF(w_own); ", fail)}
             cblas_{p}gemm_pack(RNNC_ROW_MAJOR, RNNC_B_MATRIX, trans, M, N, K, 1.0,
                                ({real}*)PyArray_DATA(w), ldw, ({real}*){packed});
             {seen} = stamp;

@@ -214,7 +214,7 @@ class PanelDot(StampedProduct):
         return _SUPPORT
 
     def c_code_cache_version(self) -> tuple[int, ...]:
-        return (5,)
+        return (6,)
 
     def c_code(self, node: Any, name: str, inames: Any, onames: Any, sub: Any) -> str:
         a, w, stamp = inames
@@ -233,12 +233,7 @@ class PanelDot(StampedProduct):
         const npy_int64 stamp = ((npy_int64*)PyArray_DATA({stamp}))[0];
         const size_t size = (size_t)((N + 15) / 16) * 16 * K * es;
         if (stamp != {seen} || size > {capacity}) {{
-            if (size > {capacity}) {{
-                free({panels});
-                if (posix_memalign(&{panels}, 64, size)) {panels} = NULL;
-                {capacity} = {panels} ? size : 0;
-                if (!{panels}) {{ Py_XDECREF(a_own); PyErr_NoMemory(); {fail} }}
-            }}
+            {self.grow_c(name, "size", "Py_XDECREF(a_own); ", fail)}
             rnnc_panel_pack((const float*)PyArray_DATA(w), K, N,
                             (long)(PyArray_STRIDES(w)[0] / es), (long)(PyArray_STRIDES(w)[1] / es),
                             (float*){panels});
@@ -259,7 +254,7 @@ class PanelDot512(PanelDot):
         return _SUPPORT512
 
     def c_code_cache_version(self) -> tuple[int, ...]:
-        return (1,)
+        return (2,)
 
 
 def float32_matrix(var: Any) -> bool:

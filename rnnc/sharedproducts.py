@@ -104,7 +104,7 @@ def join_rows(arrays: Any) -> np.ndarray:
     return out
 
 
-def _rows_of(matrix: Any) -> Any:
+def _unreshaped(matrix: Any) -> Any:
     """The array whose rows ``matrix`` is (``reshape(a, [N, K])`` with ``K`` provably
     ``a``'s last axis), else ``matrix`` itself."""
     owner = matrix.owner
@@ -174,7 +174,7 @@ def local_products_sharing_an_operand(fgraph: Any, node: Any) -> Any:
     lefts = [_transposed(n.inputs[0]) for n in group]
     if len({m.dtype for m in lefts}) != 1:
         return None
-    joined = JoinRows()(*[_rows_of(m) for m in lefts])
+    joined = JoinRows()(*[_unreshaped(m) for m in lefts])
     product = node.op(joined.T, right)
     widths = [m.type.shape[1] if m.type.shape[1] is not None else m.shape[1] for m in lefts]
     if any(not isinstance(w, int) for w in widths):
