@@ -19,7 +19,7 @@ K=256, stays in the L1 cache while the kernel walks down the rows of ``A``. Wher
 two rows would be left over (batches of 8, 32, 128), the last eight go in two
 blocks of 4 instead of 6 and 2: a block of 2 has four sums, too few to cover the
 FMAs' latency (four cycles, two units). That took the products at 32 rows from
-181-184 to 173-174 us (``[8, 256] @ [256, 1024]``: 53 to 44 us; a C model compiled
+181-184 to 173-177 us (``[8, 256] @ [256, 1024]``: 53 to 44 us; a C model compiled
 as PyTensor compiles, one core of the machine below). One
 core of an AMD EPYC of family 25 (model 1, 2026-12-06), float32, OpenBLAS 0.3.31
 (NumPy's) against this kernel with the weights already packed:
