@@ -20,7 +20,10 @@ The cache lives in ``$RNNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnc``, else
 ``~/.cache/rnnc``; ``RNNC_CACHE=0`` switches rnnc's own cache off, and its functions
 keep within ``$RNNC_CACHE_MAX_MB`` (1024 MB; the least recently used go first). It also
 keeps the result of PyTensor's probe of the CPU for C compiler flags
-(:mod:`rnnc.march`), which every process using the C backend paid 0.23-0.26 s for.
+(:mod:`rnnc.march`), which every process using the C backend paid 0.23-0.26 s for,
+and the checked cells of the ``.cell`` files it loads (``cells/``, 5 KB each:
+:func:`rnnc.compile.parse_file`), so that a new process builds a layer without
+importing Lark or parsing.
 
 The C backend's BLAS is :mod:`rnnc.blas`'s job; :func:`configure_c` also drops the
 debug information PyTensor asks of the C compiler (a fifth of a cold compile).
@@ -236,7 +239,7 @@ def configure(backend: str) -> None:
 
 # ---------------------------------------------------------------- rnnc's own cache
 @functools.cache
-def _source_digest() -> str:
+def source_digest() -> str:
     """A digest of rnnc's own code (its modules and cell files): a function compiled by
     other code, the same version number notwithstanding (a checkout being edited), is
     never loaded."""
@@ -261,7 +264,7 @@ def _versions() -> dict[str, str]:
 
     return {
         "rnnc": rnnc.__version__,
-        "rnnc source": _source_digest(),
+        "rnnc source": source_digest(),
         "pytensor": pytensor.__version__,
         "numpy": numpy.__version__,
         "python": sys.version.split()[0],

@@ -87,6 +87,11 @@ class Node:
     def __hash__(self) -> int:
         return self._hash
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its constructor's arguments, so that the hash (of strings, which
+        Python salts per process) and the flags are computed where it is loaded."""
+        return (Node, (self.op, self.args, self.shape, self.value))
+
     def __eq__(self, other: object) -> bool:
         """Structural equality, each pair of shared subgraphs compared once (a
         recursive comparison would take exponential time on DAGs built apart)."""

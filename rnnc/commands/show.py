@@ -38,7 +38,6 @@ from rnnc.commands.check import load_cells, plural
 from rnnc.compile import BACKENDS
 from rnnc.errors import MissingDimensionError, UnknownDimensionError, UnknownNameError
 from rnnc.ir_format import format_ir, format_signature, format_value
-from rnnc.lang.parser import parse_module
 from rnnc.passes import SAVED_PREFIX, optimize, resolve
 from rnnc.passes.stats import cost
 
@@ -246,6 +245,8 @@ def _count(shape: ir.Shape, sizes: Mapping[str, int] | None) -> list[str]:
 
 def _locals(path: Path, name: str) -> dict[str, ir.Node]:
     """The local values of cell ``name`` in ``path``, to label the IR with."""
+    from rnnc.lang.parser import parse_module  # Lark: imported when a file is shown
+
     module = parse_module(path.read_text(encoding="utf-8"), str(path))
     cell = next(c for c in module.cells if c.name == name)
     with warnings.catch_warnings():
