@@ -8,7 +8,9 @@ compiles PyTensor graphs with the chosen backend.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import pickle
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -22,6 +24,7 @@ from rnnc import interpreted, ir, scanjoin, stepsums
 from rnnc.cbuild import parallel_modules
 from rnnc.check import check_module
 from rnnc.errors import OptionError, UnknownNameError
+from rnnc.files import write_atomically
 from rnnc.jaxlink import JAXLinker
 
 __all__ = ["BACKENDS", "BUILTIN_CELLS", "default_backend", "function", "load_cell", "mode", "parse"]
@@ -69,11 +72,7 @@ def _stored_parse(text: str, filename: str) -> dict[str, ir.CellIR]:
     parsing the LSTM 0.03), where a new process has the LSTM's gradient from rnnc's
     cache and has called it once in 0.8-0.95 s. A text that does not parse raises as
     ever and is not kept."""
-    import hashlib
-    import pickle
-
     from rnnc import cache
-    from rnnc.files import write_atomically
 
     if not cache.enabled():
         return parse(text, filename)
