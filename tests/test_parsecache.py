@@ -98,18 +98,24 @@ def test_without_the_cache_nothing_is_kept(store, tmp_path, monkeypatch):
     assert _entries(store) == []
 
 
+def _printed(code: str, cache: Path, **env: str) -> list[str]:
+    """What ``code`` prints, run in a new process with rnnc's cache in ``cache``."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "RNNC_CACHE_DIR": str(cache), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
 def test_a_new_process_builds_a_built_in_layer_without_lark(tmp_path):
     code = (
         "import sys, rnnc\nrnnc.Recurrent('lstm', I=3, H=4, seed=0)\nprint('lark' in sys.modules)\n"
     )
-    env = {**os.environ, "RNNC_CACHE_DIR": str(tmp_path)}
-    seen = []
-    for _ in range(2):
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-        )
-        assert out.returncode == 0, out.stderr[-2000:]
-        seen.append(out.stdout.split()[-1])
+    seen = [_printed(code, tmp_path)[-1] for _ in range(2)]
     assert seen == ["True", "False"]  # parsed the first time, loaded the second
 
 
@@ -124,12 +130,5 @@ def test_cells_loaded_in_another_process_equal_a_fresh_parse(tmp_path):
         "loaded = rnnc.load_cell('gru')\n"
         "print(loaded == fresh, hash(loaded.next_state['h']) == hash(fresh.next_state['h']))\n"
     )
-    seen = []
-    for seed in ("1", "2"):
-        env = {**os.environ, "RNNC_CACHE_DIR": str(tmp_path), "PYTHONHASHSEED": seed}
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-        )
-        assert out.returncode == 0, out.stderr[-2000:]
-        seen.append(out.stdout.split())
+    seen = [_printed(code, tmp_path, PYTHONHASHSEED=seed) for seed in ("1", "2")]
     assert seen == [["True", "True"]] * 2
